@@ -1,0 +1,67 @@
+"""django_relay: persistent, distributed async/await for Django on PostgreSQL.
+
+The public API (SPEC section 1) is re-exported here, loaded on first access so
+that listing ``django_relay`` in ``INSTALLED_APPS`` imports no models.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django_relay.exceptions import (
+        RelayCancelled,
+        RelayDiscard,
+        RelayError,
+        RelayTimeout,
+        ResultTooLarge,
+        SignalTimeout,
+    )
+    from django_relay.relay import await_many, await_result
+    from django_relay.worker import Cancel, Snooze, aenqueue_many, enqueue_many, worker
+
+__all__ = [
+    "Cancel",
+    "RelayCancelled",
+    "RelayDiscard",
+    "RelayError",
+    "RelayTimeout",
+    "ResultTooLarge",
+    "SignalTimeout",
+    "Snooze",
+    "aenqueue_many",
+    "await_many",
+    "await_result",
+    "enqueue_many",
+    "worker",
+]
+
+_HOMES = {
+    "Cancel": "worker",
+    "Snooze": "worker",
+    "worker": "worker",
+    "enqueue_many": "worker",
+    "aenqueue_many": "worker",
+    "await_result": "relay",
+    "await_many": "relay",
+    "RelayError": "exceptions",
+    "RelayTimeout": "exceptions",
+    "RelayDiscard": "exceptions",
+    "RelayCancelled": "exceptions",
+    "ResultTooLarge": "exceptions",
+    "SignalTimeout": "exceptions",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'django_relay' has no attribute {name!r}")
+    value = getattr(import_module(f"django_relay.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
+
+
+class RelayConfig(AppConfig):
+    name = "django_relay"
+    verbose_name = "Relay"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django_relay import checks  # noqa: F401  (registers the checks)
+
+        # Workers register themselves when their module is imported.
+        autodiscover_modules("workers")

@@ -1,0 +1,115 @@
+"""System checks, each with a stable id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.checks import Error, Tags, Warning, register
+from django.db import connections
+
+from django_relay.conf import DEFAULTS, settings
+
+_NUMBERS = (
+    "MAX_ARGS_BYTES",
+    "MAX_RESULT_BYTES",
+    "DEFAULT_TIMEOUT",
+    "POLL_INTERVAL",
+    "FETCH_INTERVAL",
+    "STAGE_INTERVAL",
+    "HEARTBEAT_INTERVAL",
+    "RESCUE_AFTER",
+    "GRACE_PERIOD",
+    "LISTENER_PING_INTERVAL",
+)
+
+
+@register(Tags.compatibility, Tags.database)
+def check_postgresql(app_configs: Any, **kwargs: Any) -> list[Error]:
+    alias = settings.DATABASE_ALIAS
+    if alias not in django_settings.DATABASES:
+        return [
+            Error(
+                f"RELAY['DATABASE_ALIAS'] is {alias!r}, which is not in DATABASES.",
+                id="django_relay.E002",
+            )
+        ]
+    vendor = connections[alias].vendor
+    if vendor == "postgresql":
+        return []
+    return [
+        Error(
+            "django_relay requires PostgreSQL.",
+            hint=f"DATABASES[{alias!r}] uses the {vendor!r} backend.",
+            id="django_relay.E001",
+        )
+    ]
+
+
+@register()
+def check_relay_setting(app_configs: Any, **kwargs: Any) -> list[Error | Warning]:
+    relay = getattr(django_settings, "RELAY", {})
+    if not isinstance(relay, dict):
+        return [Error("settings.RELAY must be a dict.", id="django_relay.E003")]
+    errors: list[Error | Warning] = [
+        Error(
+            f"RELAY has an unknown key {key!r}.",
+            hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+            id="django_relay.E004",
+        )
+        for key in relay
+        if key not in DEFAULTS
+    ]
+    for key in _NUMBERS:
+        value = getattr(settings, key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            errors.append(
+                Error(
+                    f"RELAY[{key!r}] must be a positive number, not {value!r}.",
+                    id="django_relay.E005",
+                )
+            )
+    prune = settings.PRUNE_AFTER
+    if prune is not None and (not isinstance(prune, int | float) or prune <= 0):
+        errors.append(
+            Error(
+                f"RELAY['PRUNE_AFTER'] must be a positive number or None, not {prune!r}.",
+                id="django_relay.E005",
+            )
+        )
+    errors.extend(_check_queues(settings.QUEUES))
+    if settings.RESCUE_AFTER <= settings.HEARTBEAT_INTERVAL * 2:
+        errors.append(
+            Warning(
+                "RELAY['RESCUE_AFTER'] is not more than twice HEARTBEAT_INTERVAL: a busy but "
+                "healthy runner may have its jobs rescued.",
+                id="django_relay.W001",
+            )
+        )
+    return errors
+
+
+def _check_queues(queues: object) -> list[Error | Warning]:
+    from django_relay.worker import validate_queue
+
+    if not isinstance(queues, dict) or not queues:
+        return [
+            Error(
+                "RELAY['QUEUES'] must be a non-empty dict of name -> concurrency.",
+                id="django_relay.E006",
+            )
+        ]
+    errors: list[Error | Warning] = []
+    for name, limit in queues.items():
+        try:
+            validate_queue(name)
+        except ValueError as exc:
+            errors.append(Error(f"RELAY['QUEUES']: {exc}", id="django_relay.E006"))
+        if type(limit) is not int or limit < 1:
+            errors.append(
+                Error(
+                    f"RELAY['QUEUES'][{name!r}] must be an int >= 1, not {limit!r}.",
+                    id="django_relay.E006",
+                )
+            )
+    return errors

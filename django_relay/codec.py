@@ -1,0 +1,141 @@
+"""Safe encoding of args, results and signal payloads: JSON only, never pickle.
+
+Plain JSON values pass through. A fixed allow-list of Python types that JSON
+lacks is written as a tagged object ``{"__relay__": tag, "v": ...}`` and read
+back intact; an unknown tag is refused. A user dict that happens to carry the
+tag key is escaped, so no stored value can forge a tag.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from django_relay.exceptions import DecodeError, EncodeError
+
+TAG = "__relay__"
+
+_ENCODERS: dict[type, tuple[str, Callable[[Any], Any]]] = {
+    dt.datetime: ("datetime", lambda v: v.isoformat()),
+    dt.date: ("date", lambda v: v.isoformat()),
+    dt.time: ("time", lambda v: v.isoformat()),
+    Decimal: ("decimal", str),
+    uuid.UUID: ("uuid", str),
+}
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "decimal": Decimal,
+    "uuid": uuid.UUID,
+    # An escaped user dict, stored as key/value pairs so it is never re-tagged.
+    "dict": dict,
+}
+
+
+def to_json(value: Any, path: str = "$") -> Any:
+    """Return ``value`` as plain JSON data, tagging the allow-listed types.
+
+    Raises:
+        EncodeError: naming the path of the first value that cannot be stored.
+    """
+    kind = type(value)
+    if value is None or kind is str or kind is bool or kind is int:
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise EncodeError(f"{path}: {value!r} is not valid JSON (only finite floats are)")
+        return value
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise EncodeError(f"{path}: dict keys must be str, not {type(key).__name__}")
+            out[key] = to_json(item, f"{path}.{key}")
+        if TAG in out:
+            return {TAG: "dict", "v": list(out.items())}
+        return out
+    if kind is list or kind is tuple:
+        return [to_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    encoder = _ENCODERS.get(kind)
+    if encoder is None and isinstance(value, (str, int)):
+        # str/int subclasses, such as Django's TextChoices and IntEnum members.
+        return to_json(str(value) if isinstance(value, str) else int(value), path)
+    if encoder is None:
+        raise EncodeError(
+            f"{path}: {kind.__name__} is not serializable; use JSON types, datetime, "
+            "date, time, Decimal or UUID"
+        )
+    tag, encode = encoder
+    return {TAG: tag, "v": encode(value)}
+
+
+def _from_object(obj: dict[str, Any]) -> Any:
+    tag = obj.get(TAG)
+    if tag is None:
+        return obj
+    decode = _DECODERS.get(tag) if isinstance(tag, str) else None
+    if decode is None or set(obj) != {TAG, "v"}:
+        raise DecodeError(f"refusing to decode unknown tagged value {tag!r}")
+    try:
+        return decode(obj["v"])
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise DecodeError(f"malformed {tag!r} value: {exc}") from exc
+
+
+def dumps(value: Any, *, limit: int | None = None, what: str = "value") -> str:
+    """Encode ``value`` to JSON text, refusing it if it exceeds ``limit`` bytes.
+
+    Raises:
+        EncodeError: the value is not serializable, or is too large.
+    """
+    text = json.dumps(to_json(value, what), separators=(",", ":"), ensure_ascii=False)
+    if limit is not None:
+        size = len(text.encode())
+        if size > limit:
+            raise TooLarge(f"{what} is {size} bytes encoded; the limit is {limit}", size, limit)
+    return text
+
+
+def loads(text: str | bytes | None) -> Any:
+    """Decode JSON text written by :func:`dumps`.
+
+    Raises:
+        DecodeError: bad JSON or an unknown tag.
+    """
+    if text is None:
+        return None
+    try:
+        return json.loads(text, object_hook=_from_object)
+    except json.JSONDecodeError as exc:
+        raise DecodeError(f"stored data is not valid JSON: {exc}") from exc
+
+
+class TooLarge(EncodeError):
+    """An encoded value exceeded its size cap."""
+
+    def __init__(self, message: str, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class JSONEncoder(json.JSONEncoder):
+    """For Django's ``JSONField(encoder=...)``: the same tagged encoding."""
+
+    def encode(self, o: Any) -> str:
+        return super().encode(to_json(o))
+
+
+class JSONDecoder(json.JSONDecoder):
+    """For Django's ``JSONField(decoder=...)``: the same tag allow-list."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["object_hook"] = _from_object
+        super().__init__(*args, **kwargs)

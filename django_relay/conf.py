@@ -1,0 +1,56 @@
+"""Settings: one ``RELAY`` dict, every key with a default, read lazily.
+
+Reading ``settings.RELAY`` on each access (never caching at import) keeps
+``override_settings`` working in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+
+#: Every key of ``settings.RELAY`` with its default. README.rst has the table.
+DEFAULTS: dict[str, Any] = {
+    # Database alias whose PostgreSQL holds the jobs.
+    "DATABASE_ALIAS": "default",
+    # libpq DSN for the LISTEN connection, when the alias goes through a pooler
+    # in transaction mode (which cannot LISTEN). None: derived from the alias.
+    "LISTEN_DSN": None,
+    # Queues a runner serves when ``--queues`` is not given: name -> concurrency.
+    "QUEUES": {"default": 10},
+    # Size caps, in encoded bytes.
+    "MAX_ARGS_BYTES": 256 * 1024,
+    "MAX_RESULT_BYTES": 8192,
+    # Relay defaults.
+    "DEFAULT_TIMEOUT": 30.0,
+    "POLL_INTERVAL": 0.5,
+    # Runner: a producer re-checks its queue this often even without a NOTIFY.
+    "FETCH_INTERVAL": 1.0,
+    # Runner: how often scheduled/retryable jobs that are due are made available.
+    "STAGE_INTERVAL": 1.0,
+    # Runner: heartbeat period, and how long without one before its jobs are rescued.
+    "HEARTBEAT_INTERVAL": 5.0,
+    "RESCUE_AFTER": 60.0,
+    # Runner: on SIGTERM/SIGINT, how long running jobs get to finish.
+    "GRACE_PERIOD": 15.0,
+    # Finished jobs older than this many seconds are deleted. None: keep them.
+    "PRUNE_AFTER": 7 * 24 * 3600.0,
+    # Listener: seconds between health pings of the LISTEN connection.
+    "LISTENER_PING_INTERVAL": 10.0,
+    # Publish job events to the Channels layer (if CHANNEL_LAYERS is configured).
+    "CHANNEL_LAYER": "default",
+    "PUBLISH_EVENTS": True,
+}
+
+
+class _Settings:
+    """Attribute access to ``settings.RELAY`` merged over :data:`DEFAULTS`."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"RELAY has no setting {name!r}")
+        return getattr(django_settings, "RELAY", {}).get(name, DEFAULTS[name])
+
+
+settings = _Settings()

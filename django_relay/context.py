@@ -1,0 +1,11 @@
+"""The job being executed, available to code running inside ``process``."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from django_relay.models import Job
+
+current_job: ContextVar[Job | None] = ContextVar("django_relay_current_job", default=None)

@@ -1,0 +1,1 @@
+"""The runner behind ``manage.py relayworker``: one module per role."""

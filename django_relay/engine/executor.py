@@ -1,0 +1,170 @@
+"""Runs user code: one job's ``process``, mapped to the ack that finishes it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import time
+import traceback
+from concurrent.futures import Executor
+from typing import Any
+
+from django.db import close_old_connections
+
+from django_relay import codec, signals
+from django_relay.conf import settings
+from django_relay.context import current_job
+from django_relay.exceptions import WorkerError
+from django_relay.models import Job, JobState
+from django_relay.queries import Ack
+from django_relay.worker import Cancel, Snooze, options_of, resolve
+
+logger = logging.getLogger("django_relay")
+
+_OUTCOME_SIGNALS = {
+    JobState.COMPLETED: signals.job_completed,
+    JobState.RETRYABLE: signals.job_failed,
+    JobState.DISCARDED: signals.job_discarded,
+    JobState.CANCELLED: signals.job_cancelled,
+    JobState.SCHEDULED: signals.job_snoozed,
+}
+
+
+def _error(job: Job, kind: str, error: str, tb: str | None = None) -> str:
+    entry = {"attempt": job.attempt, "kind": kind, "error": error}
+    if tb:
+        entry["traceback"] = tb
+    return codec.dumps(entry)
+
+
+def describe(exc: BaseException) -> str:
+    """``"ValueError: bad input"``: the error line recorded for an attempt."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def decide(job: Job, outcome: object, *, backoff: float, max_result_bytes: int) -> Ack:
+    """Map what ``process`` produced (a value or an exception) to the ack to persist."""
+    match outcome:
+        case Snooze(seconds=seconds):
+            return Ack(
+                job.id,
+                job.attempt,
+                JobState.SCHEDULED,
+                delay=seconds,
+                attempt_delta=-1,
+                meta=getattr(outcome, "meta", None),
+            )
+        case Cancel(reason=reason):
+            return Ack(
+                job.id,
+                job.attempt,
+                JobState.CANCELLED,
+                error=_error(job, "cancel", reason) if reason else None,
+            )
+        case BaseException() as exc:
+            tb = "".join(traceback.format_exception(exc))
+            if job.attempt >= job.max_attempts:
+                return Ack(
+                    job.id,
+                    job.attempt,
+                    JobState.DISCARDED,
+                    error=_error(job, "error", describe(exc), tb),
+                )
+            return Ack(
+                job.id,
+                job.attempt,
+                JobState.RETRYABLE,
+                error=_error(job, "error", describe(exc), tb),
+                delay=backoff,
+            )
+    try:
+        result = (
+            None if outcome is None else codec.dumps(outcome, limit=max_result_bytes, what="result")
+        )
+    except codec.TooLarge as exc:
+        # Completed all the same: retrying would produce the same oversized value.
+        too_large = {"result_too_large": {"size": exc.size, "limit": exc.limit}}
+        return Ack(job.id, job.attempt, JobState.COMPLETED, meta=codec.dumps(too_large))
+    except codec.EncodeError as exc:
+        return decide(job, exc, backoff=backoff, max_result_bytes=max_result_bytes)
+    return Ack(job.id, job.attempt, JobState.COMPLETED, result=result)
+
+
+def _run_sync(process: Any, job: Job) -> Any:
+    # A thread of the pool is a long-lived "request" for Django's connection handling.
+    close_old_connections()
+    try:
+        return process(job)
+    finally:
+        close_old_connections()
+
+
+async def _call(process: Any, job: Job, threads: Executor) -> Any:
+    if inspect.iscoroutinefunction(process):
+        return await process(job)
+    context = contextvars.copy_context()  # so current_job is set inside the thread
+    return await asyncio.get_running_loop().run_in_executor(
+        threads, context.run, _run_sync, process, job
+    )
+
+
+async def execute(job: Job, threads: Executor) -> tuple[type | None, Ack]:
+    """Run ``job``'s worker and return the ack that finishes the attempt."""
+    try:
+        klass = resolve(job.worker)
+    except WorkerError as exc:
+        # Never run: an unknown path may not name code we trust.
+        return None, Ack(
+            job.id, job.attempt, JobState.DISCARDED, error=_error(job, "worker", str(exc))
+        )
+    timeout = options_of(klass).timeout
+    instance = klass()
+    token = current_job.set(job)
+    try:
+        if signals.job_started.receivers:
+            await signals.job_started.asend(sender=klass, job=job)
+        coro = _call(instance.process, job, threads)
+        outcome = await (asyncio.wait_for(coro, timeout) if timeout else coro)
+    except TimeoutError as exc:
+        outcome = TimeoutError(f"timed out after {timeout:g}s") if timeout else exc
+    except Exception as exc:
+        outcome = exc
+    finally:
+        current_job.reset(token)
+    backoff = 0.0
+    if isinstance(outcome, BaseException) and job.attempt < job.max_attempts:
+        try:
+            backoff = float(instance.backoff(job))
+        except Exception:
+            logger.exception("job %s: %s.backoff() failed; retrying in 15s", job.id, job.worker)
+            backoff = 15.0
+    return klass, decide(job, outcome, backoff=backoff, max_result_bytes=settings.MAX_RESULT_BYTES)
+
+
+async def report(klass: type | None, job: Job, ack: Ack, started: float, acked: bool) -> None:
+    """Log the outcome and send its dispatch signal, once the ack is persisted."""
+    if not acked:
+        logger.warning(
+            "job %s: attempt %s was rescued or released meanwhile; its outcome (%s) was dropped",
+            job.id,
+            ack.attempt,
+            ack.state,
+        )
+        return
+    job.state = ack.state
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(
+            "job %s %s %s in %.1fms (attempt %s/%s)",
+            job.id,
+            job.worker,
+            ack.state,
+            (time.perf_counter() - started) * 1000,
+            ack.attempt,
+            job.max_attempts,
+        )
+    signal = _OUTCOME_SIGNALS.get(ack.state)  # type: ignore[call-overload]
+    if signal is not None and signal.receivers:
+        await signal.asend(sender=klass, job=job)

@@ -1,0 +1,83 @@
+"""One producer per queue: claims up to its free slots and starts their jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from django_relay import codec, queries
+from django_relay.conf import settings
+from django_relay.engine import executor
+from django_relay.engine.acker import Acker
+from django_relay.models import Job
+
+logger = logging.getLogger("django_relay")
+
+
+def build_job(row: tuple) -> Job:
+    """A :class:`Job` from a claimed row (columns in ``queries.JOB_COLUMNS`` order)."""
+    values = list(row)
+    values[4] = codec.loads(values[4])  # args
+    values[5] = codec.loads(values[5])  # meta
+    values[7] = codec.loads(values[7])  # errors
+    return Job.from_db(settings.DATABASE_ALIAS, queries.JOB_COLUMNS, values)
+
+
+class Producer:
+    """Keeps up to ``limit`` jobs of ``queue`` running."""
+
+    def __init__(
+        self, queue: str, limit: int, *, node: str, claim: Callable, acker: Acker, threads: Executor
+    ) -> None:
+        self.queue = queue
+        self.limit = limit
+        self.node = node
+        self._claim = claim
+        self._acker = acker
+        self._threads = threads
+        self.running: dict[int, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Look for work now (a NOTIFY came, or a slot was freed)."""
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Claim and start jobs until ``stopping`` is set."""
+        while not stopping.is_set():
+            self._wake.clear()
+            free = self.limit - len(self.running)
+            if free > 0:
+                rows = await self._claim(self.queue, free)
+                for row in rows:
+                    self._start(build_job(row))
+                if len(rows) == free:
+                    continue  # maybe more: claim again as soon as slots free up
+            waiter = asyncio.ensure_future(self._wake.wait())
+            stopper = asyncio.ensure_future(stopping.wait())
+            await asyncio.wait(
+                {waiter, stopper},
+                timeout=settings.FETCH_INTERVAL,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            waiter.cancel()
+            stopper.cancel()
+
+    def _start(self, job: Job) -> None:
+        task = asyncio.create_task(self._execute(job), name=f"relay-job-{job.id}")
+        self.running[job.id] = task
+
+    async def _execute(self, job: Job) -> None:
+        started = time.perf_counter()
+        try:
+            klass, ack = await executor.execute(job, self._threads)
+            acked = await self._acker.submit(ack)
+            await executor.report(klass, job, ack, started, acked)
+        except Exception:  # a bug of ours, or a signal receiver's: never kill the runner
+            logger.exception("job %s: unexpected error in the runner", job.id)
+        finally:
+            del self.running[job.id]
+            self._wake.set()

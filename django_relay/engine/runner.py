@@ -1,0 +1,135 @@
+"""The runner: producers per queue, one acker, the lifeline, and a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from django_relay import queries
+from django_relay.conf import settings
+from django_relay.engine.acker import Acker
+from django_relay.engine.lifeline import Lifeline
+from django_relay.engine.producer import Producer
+from django_relay.notifier import get_notifier
+from django_relay.pg import Link
+
+logger = logging.getLogger("django_relay")
+
+
+class Runner:
+    """Runs the jobs of ``queues`` (name -> concurrency) until ``stopping`` is set."""
+
+    def __init__(self, queues: dict[str, int]) -> None:
+        self.queues = dict(queues)
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.threads = ThreadPoolExecutor(
+            max_workers=max(1, sum(queues.values())), thread_name_prefix="relay-job"
+        )
+        self.acker = Acker(self.node)
+        self._claims = Link("claim")
+        # Held around each claim and each reconcile: a reconcile must never see a
+        # claimed row before its job is in a producer's running set.
+        self._claim_lock = asyncio.Lock()
+        self.producers = {
+            name: Producer(
+                name,
+                limit,
+                node=self.node,
+                claim=self._claim,
+                acker=self.acker,
+                threads=self.threads,
+            )
+            for name, limit in self.queues.items()
+        }
+        self.lifeline = Lifeline(self.node, self.queues, reconcile=self._reconcile)
+
+    def running_ids(self) -> list[int]:
+        return [job_id for p in self.producers.values() for job_id in p.running]
+
+    async def _claim(self, queue: str, limit: int) -> list[tuple]:
+        async with self._claim_lock:
+            try:
+                return await self._claims.run(
+                    lambda conn: queries.claim(conn, queue, limit, self.node)
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("claiming from %s failed", queue)
+                return []
+
+    async def _reconcile(self) -> None:
+        async with self._claim_lock:
+            given_back = await self._claims.run(
+                lambda conn: queries.reconcile(conn, self.node, self.running_ids())
+            )
+        if given_back:
+            logger.warning(
+                "gave back %s jobs marked as ours that were not running: %s",
+                len(given_back),
+                given_back,
+            )
+
+    def _wake(self, queue: str) -> None:
+        producer = self.producers.get(queue)
+        if producer is not None:
+            producer.wake()
+
+    def _wake_all(self) -> None:
+        for producer in self.producers.values():
+            producer.wake()
+
+    async def run(self, stopping: asyncio.Event, *, grace: float | None = None) -> None:
+        """Serve until ``stopping`` is set, then stop gracefully within ``grace`` seconds."""
+        loop = asyncio.get_running_loop()
+        notifier = get_notifier()
+        unlisten = notifier.listen(
+            queries.AVAILABLE_CHANNEL, lambda queue: loop.call_soon_threadsafe(self._wake, queue)
+        )
+        # A reconnected listener may have missed notifications: look again.
+        notifier.on_reconnect(lambda: loop.call_soon_threadsafe(self._wake_all))
+        await self.lifeline.beat()  # our node exists before we own any job
+        self.acker.start()
+        workers = [
+            asyncio.create_task(p.run(stopping), name=f"relay-producer-{p.queue}")
+            for p in self.producers.values()
+        ]
+        upkeep = asyncio.create_task(self.lifeline.run(stopping), name="relay-lifeline")
+        logger.info(
+            "relayworker %s ready: queues %s",
+            self.node,
+            ", ".join(f"{q}={n}" for q, n in self.queues.items()),
+        )
+        try:
+            await stopping.wait()
+        finally:
+            unlisten()
+            await self._stop(workers, upkeep, settings.GRACE_PERIOD if grace is None else grace)
+
+    async def _stop(
+        self, workers: list[asyncio.Task[None]], upkeep: asyncio.Task[None], grace: float
+    ) -> None:
+        await asyncio.gather(*workers, return_exceptions=True)  # no more claims
+        tasks = {t for p in self.producers.values() for t in p.running.values()}
+        if tasks:
+            logger.info("stopping: waiting up to %gs for %s running jobs", grace, len(tasks))
+            _, unfinished = await asyncio.wait(tasks, timeout=grace)
+            if unfinished:
+                ids = self.running_ids()
+                for task in unfinished:
+                    task.cancel()
+                await asyncio.gather(*unfinished, return_exceptions=True)
+                released = await self._claims.run(
+                    lambda conn: queries.release(conn, self.node, ids)
+                )
+                logger.warning("stopping: gave back %s unfinished jobs: %s", released, ids)
+        await asyncio.gather(upkeep, return_exceptions=True)
+        await self.acker.close()
+        await self.lifeline.close()
+        await self._claims.close()
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        logger.info("relayworker %s stopped", self.node)

@@ -1,0 +1,81 @@
+"""``manage.py relayworker``: run jobs until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from django_relay.conf import settings
+from django_relay.engine.runner import Runner
+from django_relay.worker import validate_queue
+
+
+def parse_queues(text: str) -> dict[str, int]:
+    """``"default=10,priority=5"`` -> ``{"default": 10, "priority": 5}``.
+
+    Raises:
+        ValueError: a clear message for a malformed entry.
+    """
+    queues: dict[str, int] = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, limit = entry.partition("=")
+        name = validate_queue(name.strip())
+        if not sep or not limit.strip().isdigit() or int(limit) < 1:
+            raise ValueError(f"{entry!r}: write queue=concurrency with a concurrency >= 1")
+        if name in queues:
+            raise ValueError(f"queue {name!r} is given twice")
+        queues[name] = int(limit)
+    if not queues:
+        raise ValueError("no queues given")
+    return queues
+
+
+class Command(BaseCommand):
+    help = "Run django_relay jobs until SIGTERM/SIGINT (a second SIGINT exits at once)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--queues",
+            help="name=concurrency pairs, e.g. default=10,priority=5 (default: RELAY['QUEUES'])",
+        )
+        parser.add_argument(
+            "--grace-period",
+            type=float,
+            default=None,
+            help="seconds running jobs get to finish on shutdown (default: RELAY['GRACE_PERIOD'])",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            queues = (
+                parse_queues(options["queues"])
+                if options["queues"]
+                else {validate_queue(q): int(n) for q, n in settings.QUEUES.items()}
+            )
+        except ValueError as exc:
+            raise CommandError(f"--queues: {exc}") from exc
+        asyncio.run(self._serve(Runner(queues), options["grace_period"]))
+        if any(t.name.startswith("relay-job") for t in threading.enumerate()):
+            # A sync job that ignored the grace period still holds a thread; its job
+            # was given back, so leave without waiting for it.
+            logging.shutdown()
+            os._exit(0)
+
+    async def _serve(self, runner: Runner, grace: float | None) -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if stopping.is_set() and signum == signal.SIGINT:
+                os._exit(1)  # a second Ctrl-C: leave now; the lifeline rescues our jobs
+            stopping.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        await runner.run(stopping, grace=grace)

@@ -1,0 +1,188 @@
+"""Jobs and runner nodes, with the triggers that make PostgreSQL announce changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pgtrigger
+from django.db import models
+from django.db.models.functions import Now
+from django.utils.translation import gettext_lazy as _
+
+from django_relay import codec
+from django_relay.queries import AVAILABLE_CHANNEL, FINISHED_CHANNEL
+
+
+class JobState(models.TextChoices):
+    AVAILABLE = "available", _("available")
+    """Ready to run now: runners claim it."""
+    SCHEDULED = "scheduled", _("scheduled")
+    """Waiting for ``scheduled_at`` (scheduled, snoozed, or waiting for a signal)."""
+    EXECUTING = "executing", _("executing")
+    """Claimed by a runner, which holds it under its heartbeat."""
+    RETRYABLE = "retryable", _("retryable")
+    """Failed with attempts left; runs again at ``scheduled_at``."""
+    COMPLETED = "completed", _("completed")
+    """``process`` returned a value: terminal."""
+    DISCARDED = "discarded", _("discarded")
+    """Failed on its last attempt, or its worker is unknown: terminal."""
+    CANCELLED = "cancelled", _("cancelled")
+    """``process`` returned ``Cancel``, or the job was cancelled: terminal."""
+    SUSPENDED = "suspended", _("suspended")
+    """A workflow step held until its dependencies finish; never claimed."""
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DISCARDED, JobState.CANCELLED})
+
+
+class JobQuerySet(models.QuerySet["Job"]):
+    def finished(self) -> JobQuerySet:
+        """Jobs in a terminal state."""
+        return self.filter(state__in=TERMINAL_STATES)
+
+    def unfinished(self) -> JobQuerySet:
+        """Jobs that may still run."""
+        return self.exclude(state__in=TERMINAL_STATES)
+
+    def waiting_for_signal(self) -> JobQuerySet:
+        """Jobs snoozed inside ``await_signal``."""
+        return self.filter(state=JobState.SCHEDULED, meta__has_key="signal_wait")
+
+
+def _json_field(**kwargs: Any) -> models.JSONField:
+    return models.JSONField(encoder=codec.JSONEncoder, decoder=codec.JSONDecoder, **kwargs)
+
+
+def _notify(channel: str, payload_sql: str) -> str:
+    return f"PERFORM pg_notify('{channel}', {payload_sql}); RETURN NULL;"
+
+
+class Job(models.Model):
+    """One unit of work: which worker runs it, with what, and how it went."""
+
+    id = models.BigAutoField(primary_key=True)
+    worker = models.CharField(_("worker"), max_length=255)
+    queue = models.CharField(_("queue"), max_length=64, default="default")
+    state = models.CharField(
+        _("state"), max_length=16, choices=JobState.choices, default=JobState.AVAILABLE
+    )
+    args = _json_field(verbose_name=_("args"), default=dict)
+    meta = _json_field(verbose_name=_("meta"), default=dict)
+    result = _json_field(verbose_name=_("result"), null=True, blank=True)
+    errors = _json_field(verbose_name=_("errors"), default=list)
+    attempt = models.PositiveIntegerField(_("attempt"), default=0)
+    max_attempts = models.PositiveIntegerField(_("max attempts"), default=20)
+    priority = models.PositiveSmallIntegerField(_("priority"), default=0)
+    scheduled_at = models.DateTimeField(_("scheduled at"), db_default=Now())
+    inserted_at = models.DateTimeField(_("inserted at"), db_default=Now())
+    attempted_at = models.DateTimeField(_("attempted at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    # The runner node that owns the current (or last) attempt. With ``attempt`` it
+    # fences acks: a write from an attempt that was rescued matches no row.
+    attempted_by = models.CharField(  # noqa: DJ001  (NULL: never attempted)
+        _("attempted by"), max_length=128, null=True, blank=True
+    )
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("job")
+        verbose_name_plural = _("jobs")
+        permissions = [
+            ("signal_job", _("Can send signals (approve/decline) to jobs")),
+            ("retry_job", _("Can retry jobs")),
+            ("cancel_job", _("Can cancel jobs")),
+        ]
+        indexes = [
+            # The claim path: next available jobs of a queue in priority order.
+            models.Index(
+                fields=["queue", "priority", "scheduled_at", "id"],
+                condition=models.Q(state="available"),
+                name="relay_job_fetch",
+            ),
+            models.Index(
+                fields=["scheduled_at"],
+                condition=models.Q(state__in=["scheduled", "retryable"]),
+                name="relay_job_stage",
+            ),
+            models.Index(
+                fields=["attempted_by"],
+                condition=models.Q(state="executing"),
+                name="relay_job_executing",
+            ),
+            models.Index(
+                fields=["finished_at"],
+                condition=models.Q(state__in=["completed", "discarded", "cancelled"]),
+                name="relay_job_prune",
+            ),
+            models.Index(fields=["state", "queue"], name="relay_job_state_queue"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(priority__gte=0, priority__lte=9), name="relay_job_priority"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_attempts__gte=1), name="relay_job_max_attempts"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(state__in=JobState.values), name="relay_job_state"
+            ),
+        ]
+        # Payloads carry names and ids only: NOTIFY refuses payloads over 8000
+        # bytes, and a refused NOTIFY would abort the UPDATE that raised it.
+        triggers = [
+            pgtrigger.Trigger(
+                name="relay_available_insert",
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert,
+                condition=pgtrigger.Condition("NEW.state = 'available'"),
+                func=_notify(AVAILABLE_CHANNEL, "NEW.queue"),
+            ),
+            pgtrigger.Trigger(
+                name="relay_available_update",
+                when=pgtrigger.After,
+                operation=pgtrigger.Update,
+                condition=pgtrigger.Condition(
+                    "NEW.state = 'available' AND OLD.state IS DISTINCT FROM NEW.state"
+                ),
+                func=_notify(AVAILABLE_CHANNEL, "NEW.queue"),
+            ),
+            pgtrigger.Trigger(
+                name="relay_finished",
+                when=pgtrigger.After,
+                operation=pgtrigger.Update,
+                condition=pgtrigger.Condition(
+                    "OLD.state IS DISTINCT FROM NEW.state AND (OLD.state = 'executing'"
+                    " OR NEW.state IN ('completed', 'discarded', 'cancelled'))"
+                ),
+                func=_notify(
+                    FINISHED_CHANNEL,
+                    "json_build_object('id', NEW.id, 'state', NEW.state)::text",
+                ),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.worker}#{self.pk} ({self.state})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+class Node(models.Model):
+    """A running ``relayworker`` process; its heartbeat keeps its jobs its own."""
+
+    id = models.CharField(primary_key=True, max_length=128)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=dict)
+    started_at = models.DateTimeField(db_default=Now())
+    heartbeat_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        verbose_name = _("runner node")
+        verbose_name_plural = _("runner nodes")
+
+    def __str__(self) -> str:
+        return self.id

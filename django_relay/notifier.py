@@ -1,0 +1,196 @@
+"""The process's one LISTEN connection, on a thread with its own event loop.
+
+Async views under WSGI each run in a fresh event loop and ``relay_sync`` waits
+in plain threads, so a listener bound to any caller's loop could not serve them
+all. The notifier owns a thread and a loop; handlers run there and hand results
+to their own loop with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from django_relay import pg
+from django_relay.conf import settings
+from django_relay.queries import AVAILABLE_CHANNEL, FINISHED_CHANNEL
+
+logger = logging.getLogger("django_relay")
+
+Handler = Callable[[str], None]
+PROBE_CHANNEL = "relay_probe"
+CHANNELS = (AVAILABLE_CHANNEL, FINISHED_CHANNEL)
+
+
+class Notifier:
+    """Dispatches NOTIFY payloads by channel to handlers, reconnecting as needed."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[Handler]] = defaultdict(list)
+        self._reconnect_handlers: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._conn: psycopg.AsyncConnection | None = None
+        self._started = threading.Event()
+        #: Set while the LISTEN connection is live; cleared while reconnecting.
+        self.connected = threading.Event()
+        #: Incremented on each (re)connection; a waiter compares it to spot gaps.
+        self.epoch = 0
+        self._probe_token = ""
+        self.probe_ok = threading.Event()
+
+    # -- any thread -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread (once); returns at once."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._main, name="relay-notifier", daemon=True
+                )
+                self._thread.start()
+        self._started.wait()
+
+    def listen(self, channel: str, handler: Handler) -> Callable[[], None]:
+        """Call ``handler(payload)`` on the notifier thread for each NOTIFY on ``channel``.
+
+        Returns a function that removes the handler.
+        """
+        if channel not in CHANNELS:
+            raise ValueError(f"the notifier does not LISTEN to {channel!r}")
+        self.start()
+        with self._lock:
+            self._handlers[channel].append(handler)
+
+        def unlisten() -> None:
+            with self._lock:
+                self._handlers[channel].remove(handler)
+
+        return unlisten
+
+    def on_reconnect(self, handler: Callable[[], None]) -> None:
+        """Call ``handler()`` on the notifier thread after every reconnection."""
+        with self._lock:
+            self._reconnect_handlers.append(handler)
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
+        """Run ``coro`` on the notifier's loop."""
+        self.start()
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
+        """Call ``fn(*args)`` on the notifier's loop."""
+        self.start()
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    # -- the notifier thread --------------------------------------------------
+
+    def _main(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._started.set)
+        self.loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                self._conn = await pg.connect(listen=True)
+                # Every channel at once, so "connected" means all of them are live.
+                for channel in (*CHANNELS, PROBE_CHANNEL):
+                    await self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                self.epoch += 1
+                self.connected.set()
+                delay = 0.05
+                await self._probe()
+                with self._lock:
+                    reconnect_handlers = list(self._reconnect_handlers)
+                for handler in reconnect_handlers:
+                    handler()
+                await self._pump(self._conn)
+            except psycopg.Error as exc:
+                self.connected.clear()
+                logger.warning("listener connection lost (%s); reconnecting in %.2fs", exc, delay)
+                if self._conn is not None:
+                    await _close_quietly(self._conn)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _probe(self) -> None:
+        # A pooler in transaction mode swallows NOTIFY to this session: say so once.
+        if self.probe_ok.is_set() or self._conn is None:
+            return
+        self._probe_token = f"{os.getpid()}-{uuid.uuid4().hex}"
+        await self._conn.execute("SELECT pg_notify(%s, %s)", (PROBE_CHANNEL, self._probe_token))
+        assert self.loop is not None
+        self.loop.call_later(5.0, self._check_probe)
+
+    def _check_probe(self) -> None:
+        if not self.probe_ok.is_set():
+            logger.warning(
+                "the listener sent itself a NOTIFY and never received it: LISTEN does not "
+                "work through this connection (a pooler in transaction mode?). Set "
+                "RELAY['LISTEN_DSN'] to a direct connection; until then results arrive "
+                "by polling only."
+            )
+
+    async def _pump(self, conn: psycopg.AsyncConnection) -> None:
+        ping = settings.LISTENER_PING_INTERVAL
+        while True:
+            async for note in conn.notifies(timeout=ping):
+                self._dispatch(note.channel, note.payload)
+            await conn.execute("SELECT 1")  # health ping: a dead socket raises here
+
+    def _dispatch(self, channel: str, payload: str) -> None:
+        if channel == PROBE_CHANNEL:
+            if payload == self._probe_token:
+                self.probe_ok.set()
+            return
+        with self._lock:
+            handlers = list(self._handlers.get(channel, ()))
+        for handler in handlers:
+            try:
+                handler(payload)
+            except Exception:
+                logger.exception("NOTIFY handler for %s failed", channel)
+
+
+async def _close_quietly(conn: psycopg.AsyncConnection) -> None:
+    with contextlib.suppress(psycopg.Error):
+        await conn.close()
+
+
+_notifier: Notifier | None = None
+_notifier_lock = threading.Lock()
+
+
+def get_notifier() -> Notifier:
+    """The process's notifier (created on first use; a forked child makes its own)."""
+    global _notifier
+    with _notifier_lock:
+        if _notifier is None or _notifier_pid != os.getpid():
+            _set(Notifier())
+        assert _notifier is not None
+        return _notifier
+
+
+_notifier_pid = 0
+
+
+def _set(notifier: Notifier) -> None:
+    global _notifier, _notifier_pid
+    _notifier, _notifier_pid = notifier, os.getpid()

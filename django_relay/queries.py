@@ -1,0 +1,328 @@
+"""Every SQL statement that moves a job's state, in one place.
+
+Enqueueing runs on Django's connection (so it joins the caller's transaction);
+the runner and the relay listener run these statements on their own psycopg
+connections, where batches of ids travel as arrays: one round trip for many
+jobs, with a statement whose text never changes (so it stays prepared).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+
+TERMINAL = "('completed', 'discarded', 'cancelled')"
+
+#: NOTIFY channel (sent by a trigger on ``Job``): payload is a queue with available work.
+AVAILABLE_CHANNEL = "relay_available"
+#: NOTIFY channel: payload is ``{"id": ..., "state": ...}`` of a job that finished an
+#: attempt (left ``executing``) or reached a terminal state.
+FINISHED_CHANNEL = "relay_finished"
+
+# -- enqueue (Django's connection, inside the caller's transaction) -----------
+
+INSERT_JOBS = """
+INSERT INTO django_relay_job (worker, queue, state, args, meta, result, errors, attempt,
+                              max_attempts, priority, scheduled_at, inserted_at)
+SELECT r.worker, r.queue,
+       coalesce(r.state, CASE WHEN r.scheduled_at > now() THEN 'scheduled' ELSE 'available' END),
+       r.args::jsonb, r.meta::jsonb, NULL, '[]'::jsonb, 0,
+       r.max_attempts, r.priority, coalesce(r.scheduled_at, now()), now()
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::int[],
+            %s::timestamptz[], %s::text[])
+     WITH ORDINALITY AS r(worker, queue, args, meta, max_attempts, priority, scheduled_at,
+                          state, ord)
+ORDER BY r.ord
+RETURNING id, state, scheduled_at, inserted_at
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job row to insert; JSON columns already encoded by the codec."""
+
+    worker: str
+    queue: str
+    args: str
+    meta: str
+    max_attempts: int
+    priority: int
+    scheduled_at: datetime | None
+    state: str | None = None
+
+
+def insert_jobs(cursor: Any, jobs: Sequence[NewJob]) -> list[tuple[Any, ...]]:
+    """Insert ``jobs`` in one statement; return ``(id, state, scheduled_at, inserted_at)``."""
+    columns = list(
+        zip(
+            *(
+                (
+                    j.worker,
+                    j.queue,
+                    j.args,
+                    j.meta,
+                    j.max_attempts,
+                    j.priority,
+                    j.scheduled_at,
+                    j.state,
+                )
+                for j in jobs
+            ),
+            strict=True,
+        )
+    )
+    cursor.execute(INSERT_JOBS, [list(c) for c in columns])
+    return list(cursor.fetchall())
+
+
+# -- the runner's hot path ----------------------------------------------------
+
+#: Column order of a claimed row; matches ``Job``'s concrete fields.
+JOB_COLUMNS = (
+    "id",
+    "worker",
+    "queue",
+    "state",
+    "args",
+    "meta",
+    "result",
+    "errors",
+    "attempt",
+    "max_attempts",
+    "priority",
+    "scheduled_at",
+    "inserted_at",
+    "attempted_at",
+    "finished_at",
+    "attempted_by",
+)
+
+CLAIM = """
+WITH next AS (
+    SELECT id FROM django_relay_job
+    WHERE state = 'available' AND queue = %s
+    ORDER BY priority, scheduled_at, id
+    LIMIT %s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE django_relay_job AS j
+SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempted_by = %s
+FROM next WHERE j.id = next.id
+RETURNING j.id, j.worker, j.queue, j.state, j.args::text, j.meta::text, NULL, j.errors::text,
+          j.attempt, j.max_attempts, j.priority, j.scheduled_at, j.inserted_at,
+          j.attempted_at, j.finished_at, j.attempted_by
+"""
+
+
+async def claim(conn: AsyncConnection, queue: str, limit: int, node: str) -> list[tuple]:
+    """Lock and mark up to ``limit`` available jobs of ``queue`` as ours."""
+    async with conn.cursor() as cur:
+        await cur.execute(CLAIM, (queue, limit, node))
+        return await cur.fetchall()
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The state transition that finishes one attempt; persisted by :func:`ack`."""
+
+    job_id: int
+    attempt: int
+    state: str
+    result: str | None = None  # encoded JSON, for completed jobs
+    error: str | None = None  # encoded JSON object appended to ``errors``
+    delay: float | None = None  # seconds until ``scheduled_at``
+    attempt_delta: int = 0  # -1 gives back the attempt (snooze)
+    meta: str | None = None  # encoded JSON object merged into ``meta``
+
+
+ACK = f"""
+UPDATE django_relay_job AS j SET
+    state = a.state,
+    result = a.result::jsonb,
+    errors = CASE WHEN a.error IS NULL THEN j.errors
+             ELSE j.errors || jsonb_build_array(a.error::jsonb || jsonb_build_object('at', now()))
+             END,
+    attempt = j.attempt + a.attempt_delta,
+    scheduled_at = CASE WHEN a.delay IS NULL THEN j.scheduled_at
+                   ELSE now() + a.delay * interval '1 second' END,
+    finished_at = CASE WHEN a.state IN {TERMINAL} THEN now() END,
+    meta = CASE WHEN a.meta IS NULL THEN j.meta ELSE j.meta || a.meta::jsonb END
+FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::text[], %s::float8[],
+            %s::int[], %s::text[])
+     AS a(id, attempt, state, result, error, delay, attempt_delta, meta)
+WHERE j.id = a.id AND j.state = 'executing' AND j.attempted_by = %s AND j.attempt = a.attempt
+RETURNING j.id
+"""
+
+
+async def ack(conn: AsyncConnection, node: str, acks: Sequence[Ack]) -> set[int]:
+    """Persist ``acks`` in one statement; return the ids that were still ours.
+
+    An ack is fenced by (state executing, owner node, attempt number): one from an
+    attempt that was rescued or released meanwhile matches nothing.
+    """
+    columns = [
+        [a.job_id for a in acks],
+        [a.attempt for a in acks],
+        [a.state for a in acks],
+        [a.result for a in acks],
+        [a.error for a in acks],
+        [a.delay for a in acks],
+        [a.attempt_delta for a in acks],
+        [a.meta for a in acks],
+    ]
+    async with conn.cursor() as cur:
+        await cur.execute(ACK, (*columns, node))
+        return {row[0] for row in await cur.fetchall()}
+
+
+RELEASE = """
+UPDATE django_relay_job SET state = 'available', attempt = attempt - 1
+WHERE id = ANY(%s::bigint[]) AND state = 'executing' AND attempted_by = %s
+"""
+
+
+async def release(conn: AsyncConnection, node: str, job_ids: Sequence[int]) -> int:
+    """Give unfinished jobs back on shutdown; the interrupted attempt is not counted."""
+    async with conn.cursor() as cur:
+        await cur.execute(RELEASE, (list(job_ids), node))
+        return cur.rowcount
+
+
+# -- the runner's maintenance -------------------------------------------------
+
+STAGE = """
+UPDATE django_relay_job SET state = 'available'
+WHERE id IN (
+    SELECT id FROM django_relay_job
+    WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= now()
+    ORDER BY scheduled_at LIMIT %s
+    FOR UPDATE SKIP LOCKED
+)
+"""
+
+
+async def stage(conn: AsyncConnection, limit: int = 5000) -> int:
+    """Make due scheduled and retryable jobs available (their trigger wakes runners)."""
+    async with conn.cursor() as cur:
+        await cur.execute(STAGE, (limit,))
+        return cur.rowcount
+
+
+HEARTBEAT = """
+INSERT INTO django_relay_node (id, hostname, pid, queues, started_at, heartbeat_at)
+VALUES (%s, %s, %s, %s::jsonb, now(), now())
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+"""
+
+
+async def heartbeat(conn: AsyncConnection, node: str, hostname: str, pid: int, queues: str) -> None:
+    """Record that ``node`` is alive (database clock), creating its row if needed."""
+    await conn.execute(HEARTBEAT, (node, hostname, pid, queues))
+
+
+RESCUE = """
+WITH orphans AS (
+    SELECT j.id FROM django_relay_job AS j
+    WHERE j.state = 'executing' AND NOT EXISTS (
+        SELECT 1 FROM django_relay_node AS n
+        WHERE n.id = j.attempted_by AND n.heartbeat_at > now() - %s * interval '1 second'
+    )
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE django_relay_job AS j SET
+    state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'available' END,
+    finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+    errors = j.errors || jsonb_build_array(jsonb_build_object(
+        'attempt', j.attempt, 'at', now(), 'kind', 'rescued',
+        'error', 'rescued: runner ' || coalesce(j.attempted_by, '?') || ' stopped heartbeating'))
+FROM orphans WHERE j.id = orphans.id
+RETURNING j.id, j.state
+"""
+
+FORGET_NODES = """
+DELETE FROM django_relay_node WHERE heartbeat_at < now() - %s * interval '1 second'
+"""
+
+
+async def rescue(conn: AsyncConnection, after: float) -> list[tuple[int, str]]:
+    """Requeue (or discard, attempts spent) jobs whose runner stopped heartbeating."""
+    async with conn.cursor() as cur:
+        await cur.execute(RESCUE, (after,))
+        rows = await cur.fetchall()
+        await cur.execute(FORGET_NODES, (after,))
+        return rows
+
+
+async def forget_node(conn: AsyncConnection, node: str) -> None:
+    """Remove a node that stopped cleanly."""
+    await conn.execute("DELETE FROM django_relay_node WHERE id = %s", (node,))
+
+
+PRUNE = f"""
+DELETE FROM django_relay_job WHERE id IN (
+    SELECT id FROM django_relay_job
+    WHERE state IN {TERMINAL} AND finished_at < now() - %s * interval '1 second'
+    LIMIT %s
+)
+"""
+
+
+async def prune(conn: AsyncConnection, older_than: float, limit: int = 10_000) -> int:
+    """Delete finished jobs older than ``older_than`` seconds."""
+    async with conn.cursor() as cur:
+        await cur.execute(PRUNE, (older_than, limit))
+        return cur.rowcount
+
+
+# -- relay: reading outcomes ----------------------------------------------------
+
+OUTCOMES = """
+SELECT id, state, result::text, errors -> -1 ->> 'error', meta -> 'result_too_large'
+FROM django_relay_job WHERE id = ANY(%s::bigint[])
+"""
+
+
+async def fetch_outcomes(conn: AsyncConnection, job_ids: Sequence[int]) -> list[tuple]:
+    """``(id, state, result_json, last_error, too_large)`` for each existing job."""
+    async with conn.cursor() as cur:
+        await cur.execute(OUTCOMES, (list(job_ids),))
+        return await cur.fetchall()
+
+
+RECONCILE = """
+UPDATE django_relay_job SET state = 'available', attempt = attempt - 1
+WHERE state = 'executing' AND attempted_by = %s AND id <> ALL(%s::bigint[])
+RETURNING id
+"""
+
+
+async def reconcile(conn: AsyncConnection, node: str, running: Sequence[int]) -> list[int]:
+    """Give back jobs marked as ours that we are not running.
+
+    A claim whose reply was lost with its connection leaves such rows behind:
+    without this they would stay ``executing`` under our live heartbeat forever.
+    """
+    async with conn.cursor() as cur:
+        await cur.execute(RECONCILE, (node, list(running)))
+        return [row[0] for row in await cur.fetchall()]
+
+
+CANCEL_UNSTARTED = """
+UPDATE django_relay_job SET state = 'cancelled', finished_at = now(),
+    errors = errors || jsonb_build_array(jsonb_build_object(
+        'attempt', attempt, 'at', now(), 'kind', 'cancel', 'error', %s::text))
+WHERE id = ANY(%s::bigint[]) AND state IN ('available', 'scheduled', 'retryable', 'suspended')
+RETURNING id
+"""
+
+
+async def cancel_unstarted(conn: AsyncConnection, job_ids: Sequence[int], reason: str) -> list[int]:
+    """Cancel the jobs that are not running and not finished; return their ids."""
+    async with conn.cursor() as cur:
+        await cur.execute(CANCEL_UNSTARTED, (reason, list(job_ids)))
+        return [row[0] for row in await cur.fetchall()]

@@ -1,0 +1,52 @@
+"""Turn a ``DATABASE_URL`` into a Django ``DATABASES`` entry.
+
+Deliberately tiny: only PostgreSQL URLs, which is all django_relay supports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/django_relay"
+
+_ENGINES = {
+    "postgres": "django.db.backends.postgresql",
+    "postgresql": "django.db.backends.postgresql",
+    "pgsql": "django.db.backends.postgresql",
+}
+
+
+def parse(url: str) -> dict[str, Any]:
+    """Parse a database URL into a Django database settings dict.
+
+    Args:
+        url: e.g. ``postgres://user:secret@db.example.com:5433/app?sslmode=require``.
+            Query parameters become ``OPTIONS`` (libpq connection parameters).
+
+    Returns:
+        A dict suitable as a value of ``settings.DATABASES``.
+
+    Raises:
+        ValueError: the scheme is not a PostgreSQL one, or the port is not a number.
+    """
+    parts = urlsplit(url)
+    try:
+        engine = _ENGINES[parts.scheme]
+    except KeyError:
+        raise ValueError(
+            f"Unsupported database URL scheme {parts.scheme!r}: django_relay needs PostgreSQL "
+            f"(use one of {', '.join(sorted(_ENGINES))}://)."
+        ) from None
+    # .port raises ValueError itself for a non-numeric port, with a clear enough message.
+    port = parts.port
+    return {
+        "ENGINE": engine,
+        "NAME": unquote(parts.path.lstrip("/")),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        # A percent-encoded host is a Unix socket directory: postgres://%2Fvar%2Frun%2Fpostgresql/db
+        "HOST": unquote(parts.hostname or ""),
+        "PORT": str(port) if port is not None else "",
+        "OPTIONS": dict(parse_qsl(parts.query)),
+    }

@@ -1,0 +1,9 @@
+"""WSGI entry point (the admin works under WSGI too; the async views want ASGI)."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+
+application = get_wsgi_application()

@@ -1,0 +1,94 @@
+"""Settings for django_relay's own test suite.
+
+Environment:
+    DATABASE_URL: the PostgreSQL server to test against
+        (default ``postgres://postgres@127.0.0.1:5432/django_relay``).
+    RELAY_TEST_DB_NAME: overrides the database name; tests set it when they start a
+        ``relayworker`` subprocess, pointing it at pytest-django's test database.
+    RELAY_TEST_SETTINGS: JSON merged over the default ``RELAY`` dict, for subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# example_app and example_project live in example_project/. pytest's `pythonpath` adds it
+# too, but relayworker subprocesses and mypy's Django plugin load these settings without it.
+for _entry in (REPO_ROOT, REPO_ROOT / "example_project"):
+    if str(_entry) not in sys.path:
+        sys.path.append(str(_entry))
+
+from example_project.dburl import DEFAULT_URL, parse  # noqa: E402
+
+SECRET_KEY = "django-relay-tests-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "pgtrigger",
+    "channels",
+    "django_relay",
+    "example_app",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "example_project.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+ASGI_APPLICATION = "example_project.asgi.application"
+
+_database: dict[str, Any] = parse(os.environ.get("DATABASE_URL", DEFAULT_URL))
+if os.environ.get("RELAY_TEST_DB_NAME"):
+    _database["NAME"] = os.environ["RELAY_TEST_DB_NAME"]
+DATABASES = {"default": _database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+RELAY: dict[str, Any] = {
+    "QUEUES": {"default": 10},
+    **json.loads(os.environ.get("RELAY_TEST_SETTINGS", "{}")),
+}
+
+STATIC_URL = "static/"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},  # stderr
+    "loggers": {"django_relay": {"handlers": ["console"], "level": "INFO"}},
+}
