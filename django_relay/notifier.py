@@ -50,6 +50,8 @@ class Notifier:
         self.epoch = 0
         self._probe_token = ""
         self.probe_ok = threading.Event()
+        self._closers: list[Callable[[], Coroutine[Any, Any, Any]]] = []
+        self._serving: asyncio.Task[None] | None = None
 
     # -- any thread -----------------------------------------------------------
 
@@ -80,6 +82,18 @@ class Notifier:
 
         return unlisten
 
+    def on_close(self, closer: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Await ``closer()`` on the notifier's loop when it stops (to close connections)."""
+        with self._lock:
+            self._closers.append(closer)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the connections and end the thread (tests; a process exit needs none)."""
+        if self._thread is None or self.loop is None:
+            return
+        self.submit(self._shutdown()).result(timeout)
+        self._thread.join(timeout)
+
     def on_reconnect(self, handler: Callable[[], None]) -> None:
         """Call ``handler()`` on the notifier thread after every reconnection."""
         with self._lock:
@@ -103,7 +117,21 @@ class Notifier:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._started.set)
-        self.loop.run_until_complete(self._serve())
+        self._serving = self.loop.create_task(self._serve())
+        with contextlib.suppress(asyncio.CancelledError):
+            self.loop.run_until_complete(self._serving)
+        self.loop.close()
+
+    async def _shutdown(self) -> None:
+        self.connected.clear()
+        if self._serving is not None:
+            self._serving.cancel()
+        if self._conn is not None:
+            await _close_quietly(self._conn)
+        with self._lock:
+            closers = list(self._closers)
+        for closer in closers:
+            await closer()
 
     async def _serve(self) -> None:
         delay = 0.05
@@ -189,6 +217,15 @@ def get_notifier() -> Notifier:
 
 
 _notifier_pid = 0
+
+
+def stop_notifier() -> None:
+    """Stop this process's notifier, if it started; the next use starts a new one."""
+    global _notifier
+    with _notifier_lock:
+        notifier, _notifier = _notifier, None
+    if notifier is not None:
+        notifier.stop()
 
 
 def _set(notifier: Notifier) -> None:

@@ -208,6 +208,7 @@ def _registry() -> _Registry:
             registry = _Registry(notifier)
             notifier.listen(queries.FINISHED_CHANNEL, registry.on_finished)
             notifier.on_reconnect(registry.on_reconnect)
+            notifier.on_close(registry.link.close)
             _current = (notifier, registry)
         return _current[1]
 
