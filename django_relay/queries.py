@@ -165,6 +165,13 @@ async def ack(conn: AsyncConnection, node: str, acks: Sequence[Ack]) -> set[int]
     An ack is fenced by (state executing, owner node, attempt number): one from an
     attempt that was rescued or released meanwhile matches nothing.
     """
+    async with conn.cursor() as cur:
+        await cur.execute(ACK, ack_params(node, acks))
+        return {row[0] for row in await cur.fetchall()}
+
+
+def ack_params(node: str, acks: Sequence[Ack]) -> tuple[Any, ...]:
+    """The parameters of :data:`ACK` for ``acks``."""
     columns = [
         [a.job_id for a in acks],
         [a.attempt for a in acks],
@@ -175,9 +182,7 @@ async def ack(conn: AsyncConnection, node: str, acks: Sequence[Ack]) -> set[int]
         [a.attempt_delta for a in acks],
         [a.meta for a in acks],
     ]
-    async with conn.cursor() as cur:
-        await cur.execute(ACK, (*columns, node))
-        return {row[0] for row in await cur.fetchall()}
+    return (*columns, node)
 
 
 RELEASE = """
@@ -326,3 +331,15 @@ async def cancel_unstarted(conn: AsyncConnection, job_ids: Sequence[int], reason
     async with conn.cursor() as cur:
         await cur.execute(CANCEL_UNSTARTED, (reason, list(job_ids)))
         return [row[0] for row in await cur.fetchall()]
+
+
+STAGE_QUEUE_NOW = """
+UPDATE django_relay_job SET state = 'available'
+WHERE state IN ('scheduled', 'retryable') AND (%s::text IS NULL OR queue = %s)
+  AND (%s OR scheduled_at <= now())
+"""
+
+QUEUES_WITH_WORK = """
+SELECT DISTINCT queue FROM django_relay_job
+WHERE state = 'available' AND (%s::text IS NULL OR queue = %s)
+"""

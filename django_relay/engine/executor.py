@@ -11,6 +11,7 @@ import traceback
 from concurrent.futures import Executor
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 
 from django_relay import codec, signals
@@ -102,16 +103,20 @@ def _run_sync(process: Any, job: Job) -> Any:
         close_old_connections()
 
 
-async def _call(process: Any, job: Job, threads: Executor) -> Any:
+async def _call(process: Any, job: Job, threads: Executor | None) -> Any:
     if inspect.iscoroutinefunction(process):
         return await process(job)
+    if threads is None:
+        # In-process draining (django_relay.testing): run on the caller's thread and
+        # connection, inside its transaction.
+        return await sync_to_async(process)(job)
     context = contextvars.copy_context()  # so current_job is set inside the thread
     return await asyncio.get_running_loop().run_in_executor(
         threads, context.run, _run_sync, process, job
     )
 
 
-async def execute(job: Job, threads: Executor) -> tuple[type | None, Ack]:
+async def execute(job: Job, threads: Executor | None) -> tuple[type | None, Ack]:
     """Run ``job``'s worker and return the ack that finishes the attempt."""
     try:
         klass = resolve(job.worker)
