@@ -157,7 +157,7 @@ class Job(models.Model):
                 ),
                 func=_notify(
                     FINISHED_CHANNEL,
-                    "json_build_object('id', NEW.id, 'state', NEW.state)::text",
+                    "json_build_object('id', NEW.id, 'state', NEW.state, 'attempt', NEW.attempt)::text",
                 ),
             ),
         ]

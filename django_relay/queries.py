@@ -19,7 +19,7 @@ TERMINAL = "('completed', 'discarded', 'cancelled')"
 
 #: NOTIFY channel (sent by a trigger on ``Job``): payload is a queue with available work.
 AVAILABLE_CHANNEL = "relay_available"
-#: NOTIFY channel: payload is ``{"id": ..., "state": ...}`` of a job that finished an
+#: NOTIFY channel: payload is ``{"id", "state", "attempt"}`` of a job that finished an
 #: attempt (left ``executing``) or reached a terminal state.
 FINISHED_CHANNEL = "relay_finished"
 

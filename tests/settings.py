@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "pgtrigger",
     "channels",
+    "channels_postgres",
     "django_relay",
     "example_app",
 ]
@@ -74,7 +75,12 @@ ASGI_APPLICATION = "example_project.asgi.application"
 _database: dict[str, Any] = parse(os.environ.get("DATABASE_URL", DEFAULT_URL))
 if os.environ.get("RELAY_TEST_DB_NAME"):
     _database["NAME"] = os.environ["RELAY_TEST_DB_NAME"]
-DATABASES = {"default": _database}
+DATABASES = {
+    "default": _database,
+    # channels-postgres (tested as a channel layer for the job-event feed) reads its
+    # tables through this alias; in tests it is the same test database.
+    "channels_postgres": {**_database, "TEST": {"MIRROR": "default"}},
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

@@ -1,0 +1,96 @@
+"""Job events on the Channels layer, for websocket consumers that follow jobs live.
+
+The listener that wakes relays also forwards each ``relay_finished`` NOTIFY to
+the channel layer: to the group of that job and to the group of all jobs. Results
+never travel this way (see README, "Why results do not go through Channels"):
+an event says which job changed state; a consumer reads the row if it needs more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from django_relay.conf import settings
+from django_relay.notifier import get_notifier
+from django_relay.queries import FINISHED_CHANNEL
+
+logger = logging.getLogger("django_relay")
+
+#: The group every job event goes to.
+ALL_JOBS_GROUP = "relay.jobs"
+#: The type of the messages sent to the groups (handled by ``relay_job`` methods).
+EVENT_TYPE = "relay.job"
+
+
+def job_group(job_id: int) -> str:
+    """The group that receives the events of one job."""
+    return f"relay.job.{int(job_id)}"
+
+
+def _layer() -> Any:
+    from channels.layers import get_channel_layer
+
+    return get_channel_layer(settings.CHANNEL_LAYER)
+
+
+_publishers: dict[int, _Publisher] = {}
+_publishing_lock = threading.Lock()
+
+
+def ensure_publishing() -> bool:
+    """Forward this process's job events to the channel layer (idempotent).
+
+    Call it from the event loop that serves the consumers (the ASGI server's):
+    each ``group_send`` runs on that loop, since channel layers are bound to the
+    loop they are used from. Returns False when events are off or no channel
+    layer is configured.
+    """
+    layer = _layer()
+    if not settings.PUBLISH_EVENTS or layer is None:
+        return False
+    loop = asyncio.get_running_loop()
+    notifier = get_notifier()
+    with _publishing_lock:
+        publisher = _publishers.get(id(notifier))
+        if publisher is None:
+            publisher = _publishers[id(notifier)] = _Publisher(layer, loop)
+            notifier.listen(FINISHED_CHANNEL, publisher)
+        publisher.layer, publisher.loop = layer, loop
+    return True
+
+
+class _Publisher:
+    """Called on the notifier's thread; sends on the consumers' loop."""
+
+    def __init__(self, layer: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.layer = layer
+        self.loop = loop
+
+    def __call__(self, payload: str) -> None:
+        try:
+            event = json.loads(payload)
+            message = {
+                "type": EVENT_TYPE,
+                "id": int(event["id"]),
+                "state": str(event["state"]),
+                "attempt": int(event["attempt"]),
+            }
+        except (ValueError, KeyError, TypeError):
+            return
+        if self.loop.is_closed():
+            return
+        for group in (job_group(message["id"]), ALL_JOBS_GROUP):
+            future = asyncio.run_coroutine_threadsafe(
+                self.layer.group_send(group, message), self.loop
+            )
+            future.add_done_callback(_log_failure)
+
+
+def _log_failure(future: Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("publishing a job event failed: %s", future.exception())
