@@ -10,7 +10,10 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from django_relay.awaiting import await_signal, await_signal_sync, signal, signal_sync
     from django_relay.exceptions import (
+        DecodeError,
+        EncodeError,
         RelayCancelled,
         RelayDiscard,
         RelayError,
@@ -18,11 +21,13 @@ if TYPE_CHECKING:
         ResultTooLarge,
         SignalTimeout,
     )
-    from django_relay.relay import await_many, await_result
+    from django_relay.relay import await_many, await_many_sync, await_result, await_result_sync
     from django_relay.worker import Cancel, Snooze, aenqueue_many, enqueue_many, worker
 
 __all__ = [
     "Cancel",
+    "DecodeError",
+    "EncodeError",
     "RelayCancelled",
     "RelayDiscard",
     "RelayError",
@@ -32,8 +37,14 @@ __all__ = [
     "Snooze",
     "aenqueue_many",
     "await_many",
+    "await_many_sync",
     "await_result",
+    "await_result_sync",
+    "await_signal",
+    "await_signal_sync",
     "enqueue_many",
+    "signal",
+    "signal_sync",
     "worker",
 ]
 
@@ -45,7 +56,15 @@ _HOMES = {
     "aenqueue_many": "worker",
     "await_result": "relay",
     "await_many": "relay",
+    "await_result_sync": "relay",
+    "await_many_sync": "relay",
+    "await_signal": "awaiting",
+    "await_signal_sync": "awaiting",
+    "signal": "awaiting",
+    "signal_sync": "awaiting",
     "RelayError": "exceptions",
+    "EncodeError": "exceptions",
+    "DecodeError": "exceptions",
     "RelayTimeout": "exceptions",
     "RelayDiscard": "exceptions",
     "RelayCancelled": "exceptions",

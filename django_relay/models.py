@@ -10,7 +10,7 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from django_relay import codec
-from django_relay.queries import AVAILABLE_CHANNEL, FINISHED_CHANNEL
+from django_relay.queries import AVAILABLE_CHANNEL, FINISHED_CHANNEL, SIGNAL_CHANNEL
 
 
 class JobState(models.TextChoices):
@@ -77,6 +77,9 @@ class Job(models.Model):
     inserted_at = models.DateTimeField(_("inserted at"), db_default=Now())
     attempted_at = models.DateTimeField(_("attempted at"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    # Signals sent to this job so far. Senders increment it under the row lock, so
+    # each signal's ``seq`` is its place in commit order (replays stay deterministic).
+    signal_count = models.PositiveIntegerField(_("signals received"), default=0, db_default=0)
     # The runner node that owns the current (or last) attempt. With ``attempt`` it
     # fences acks: a write from an attempt that was rescued matches no row.
     attempted_by = models.CharField(  # noqa: DJ001  (NULL: never attempted)
@@ -157,7 +160,8 @@ class Job(models.Model):
                 ),
                 func=_notify(
                     FINISHED_CHANNEL,
-                    "json_build_object('id', NEW.id, 'state', NEW.state, 'attempt', NEW.attempt)::text",
+                    "json_build_object('id', NEW.id, 'state', NEW.state,"
+                    " 'attempt', NEW.attempt)::text",
                 ),
             ),
         ]
@@ -168,6 +172,13 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def signal_wait(self) -> dict[str, Any] | None:
+        """``{"n", "since", "deadline"}`` while snoozed in ``await_signal``, else None."""
+        if self.state == JobState.SCHEDULED:
+            return self.meta.get("signal_wait")  # type: ignore[no-any-return]
+        return None
 
 
 class Node(models.Model):
@@ -186,3 +197,51 @@ class Node(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+class JobSignal(models.Model):
+    """A message delivered to a job with ``signal()``: persisted, replayed in order."""
+
+    id = models.BigAutoField(primary_key=True)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="signals")
+    # 1-based place among the signals of its job, in commit order.
+    seq = models.PositiveIntegerField(_("sequence"))
+    payload = _json_field(verbose_name=_("payload"), null=True, blank=True)
+    sender = models.CharField(_("sender"), max_length=255, blank=True, default="")
+    key = models.CharField(  # noqa: DJ001  (NULL: no idempotency key)
+        _("idempotency key"), max_length=255, null=True, blank=True
+    )
+    inserted_at = models.DateTimeField(_("sent at"), db_default=Now())
+    consumed_at = models.DateTimeField(_("consumed at"), null=True, blank=True)
+    consumed_attempt = models.PositiveIntegerField(_("consumed by attempt"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("job signal")
+        verbose_name_plural = _("job signals")
+        ordering = ["job_id", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "seq"], name="relay_signal_seq"),
+            models.UniqueConstraint(
+                fields=["job", "key"],
+                condition=models.Q(key__isnull=False),
+                name="relay_signal_key",
+            ),
+        ]
+        triggers = [
+            # Wake the job whichever way the signal was inserted: a job snoozed in
+            # await_signal becomes available (its queue's runners are woken by the
+            # job trigger), and a job in its live wait hears the NOTIFY.
+            pgtrigger.Trigger(
+                name="relay_signal_wake",
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert,
+                func=(
+                    "UPDATE django_relay_job SET state = 'available', scheduled_at = now() "
+                    "WHERE id = NEW.job_id AND state = 'scheduled' AND meta ? 'signal_wait'; "
+                    + _notify(SIGNAL_CHANNEL, "NEW.job_id::text")
+                ),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"signal {self.seq} to job {self.job_id}"

@@ -24,13 +24,13 @@ from psycopg import sql
 
 from django_relay import pg
 from django_relay.conf import settings
-from django_relay.queries import AVAILABLE_CHANNEL, FINISHED_CHANNEL
+from django_relay.queries import AVAILABLE_CHANNEL, FINISHED_CHANNEL, SIGNAL_CHANNEL
 
 logger = logging.getLogger("django_relay")
 
 Handler = Callable[[str], None]
 PROBE_CHANNEL = "relay_probe"
-CHANNELS = (AVAILABLE_CHANNEL, FINISHED_CHANNEL)
+CHANNELS = (AVAILABLE_CHANNEL, FINISHED_CHANNEL, SIGNAL_CHANNEL)
 
 
 class Notifier:

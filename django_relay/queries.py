@@ -22,6 +22,8 @@ AVAILABLE_CHANNEL = "relay_available"
 #: NOTIFY channel: payload is ``{"id", "state", "attempt"}`` of a job that finished an
 #: attempt (left ``executing``) or reached a terminal state.
 FINISHED_CHANNEL = "relay_finished"
+#: NOTIFY channel (sent by a trigger on ``JobSignal``): payload is the signalled job's id.
+SIGNAL_CHANNEL = "relay_signal"
 
 # -- enqueue (Django's connection, inside the caller's transaction) -----------
 
@@ -98,6 +100,7 @@ JOB_COLUMNS = (
     "inserted_at",
     "attempted_at",
     "finished_at",
+    "signal_count",
     "attempted_by",
 )
 
@@ -114,7 +117,7 @@ SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempte
 FROM next WHERE j.id = next.id
 RETURNING j.id, j.worker, j.queue, j.state, j.args::text, j.meta::text, NULL, j.errors::text,
           j.attempt, j.max_attempts, j.priority, j.scheduled_at, j.inserted_at,
-          j.attempted_at, j.finished_at, j.attempted_by
+          j.attempted_at, j.finished_at, j.signal_count, j.attempted_by
 """
 
 
@@ -137,11 +140,14 @@ class Ack:
     delay: float | None = None  # seconds until ``scheduled_at``
     attempt_delta: int = 0  # -1 gives back the attempt (snooze)
     meta: str | None = None  # encoded JSON object merged into ``meta``
+    signals_seen: int | None = None  # snoozing for a signal: how many it had seen
 
 
 ACK = f"""
 UPDATE django_relay_job AS j SET
-    state = a.state,
+    -- A job snoozing to wait for a signal that arrived meanwhile runs again at once.
+    state = CASE WHEN a.signals_seen IS NOT NULL AND j.signal_count > a.signals_seen
+                 THEN 'available' ELSE a.state END,
     result = a.result::jsonb,
     errors = CASE WHEN a.error IS NULL THEN j.errors
              ELSE j.errors || jsonb_build_array(a.error::jsonb || jsonb_build_object('at', now()))
@@ -152,8 +158,8 @@ UPDATE django_relay_job AS j SET
     finished_at = CASE WHEN a.state IN {TERMINAL} THEN now() END,
     meta = CASE WHEN a.meta IS NULL THEN j.meta ELSE j.meta || a.meta::jsonb END
 FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::text[], %s::float8[],
-            %s::int[], %s::text[])
-     AS a(id, attempt, state, result, error, delay, attempt_delta, meta)
+            %s::int[], %s::text[], %s::int[])
+     AS a(id, attempt, state, result, error, delay, attempt_delta, meta, signals_seen)
 WHERE j.id = a.id AND j.state = 'executing' AND j.attempted_by = %s AND j.attempt = a.attempt
 RETURNING j.id
 """
@@ -181,6 +187,7 @@ def ack_params(node: str, acks: Sequence[Ack]) -> tuple[Any, ...]:
         [a.delay for a in acks],
         [a.attempt_delta for a in acks],
         [a.meta for a in acks],
+        [a.signals_seen for a in acks],
     ]
     return (*columns, node)
 
@@ -343,3 +350,71 @@ QUEUES_WITH_WORK = """
 SELECT DISTINCT queue FROM django_relay_job
 WHERE state = 'available' AND (%s::text IS NULL OR queue = %s)
 """
+
+
+# -- signals ----------------------------------------------------------------------
+
+SEND_SIGNAL = f"""
+WITH targets AS (
+    UPDATE django_relay_job AS j SET signal_count = j.signal_count + 1
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state NOT IN {TERMINAL}
+      AND (%(key)s::text IS NULL OR NOT EXISTS (
+          SELECT 1 FROM django_relay_jobsignal AS s WHERE s.job_id = j.id AND s.key = %(key)s))
+    RETURNING j.id, j.worker, j.signal_count
+), sent AS (
+    INSERT INTO django_relay_jobsignal (job_id, seq, payload, sender, key, inserted_at)
+    SELECT id, signal_count, %(payload)s::jsonb, %(sender)s, %(key)s, now() FROM targets
+    ON CONFLICT (job_id, key) WHERE key IS NOT NULL DO NOTHING
+    RETURNING job_id
+)
+SELECT targets.id, targets.worker FROM targets JOIN sent ON sent.job_id = targets.id
+"""
+
+
+def send_signal(
+    cursor: Any, job_ids: Sequence[int], payload: str, sender: str, key: str | None
+) -> list[tuple[int, str]]:
+    """Deliver one payload to the unfinished jobs among ``job_ids``: ``(id, worker)`` each.
+
+    The counter update locks each job row, so concurrent senders to one job queue
+    up and each signal's ``seq`` follows commit order.
+    """
+    cursor.execute(
+        SEND_SIGNAL, {"ids": list(job_ids), "payload": payload, "sender": sender, "key": key}
+    )
+    return list(cursor.fetchall())
+
+
+NTH_SIGNAL = """
+SELECT now(), j.signal_count, s.id, s.payload::text FROM django_relay_job AS j
+LEFT JOIN LATERAL (
+    SELECT id, payload FROM django_relay_jobsignal WHERE job_id = %s
+    ORDER BY seq OFFSET %s LIMIT 1
+) AS s ON true
+WHERE j.id = %s
+"""
+
+CONSUME_SIGNAL = """
+WITH consumed AS (
+    UPDATE django_relay_jobsignal SET consumed_at = now(), consumed_attempt = %s
+    WHERE id = %s AND consumed_at IS NULL
+)
+UPDATE django_relay_job SET meta = meta - 'signal_wait'
+WHERE id = %s AND meta ? 'signal_wait' AND (meta -> 'signal_wait' ->> 'n')::int = %s
+"""
+
+
+def nth_signal(
+    cursor: Any, job_id: int, n: int, attempt: int
+) -> tuple[Any, int, int | None, str | None]:
+    """``(db_now, signal_count, signal_id, payload_json)`` for the ``n``-th signal to a job.
+
+    ``n`` is 1-based; ``signal_id`` is None when there is no such signal yet. A found
+    signal is marked consumed by ``attempt`` (the first time only), and the job's
+    ``signal_wait`` for wait ``n`` is cleared.
+    """
+    cursor.execute(NTH_SIGNAL, (job_id, n - 1, job_id))
+    now, count, signal_id, payload = cursor.fetchone()
+    if signal_id is not None:
+        cursor.execute(CONSUME_SIGNAL, (attempt, signal_id, job_id, n))
+    return now, count, signal_id, payload

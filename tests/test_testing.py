@@ -88,3 +88,10 @@ def test_assertions_on_enqueued_jobs():
     with pytest.raises(AssertionError, match="expected no job"):
         refute_enqueued(CountUsersWorker, args={"page": 1})
     assert enqueued_jobs(queue="other").count() == 0
+
+
+def test_claimed_rows_match_the_model_field_order():
+    # build_job() hands claimed rows to Job.from_db() positionally.
+    from django_relay.queries import JOB_COLUMNS
+
+    assert list(JOB_COLUMNS) == [f.attname for f in Job._meta.concrete_fields]

@@ -15,6 +15,7 @@ from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 
 from django_relay import codec, signals
+from django_relay.awaiting import WaitForSignal
 from django_relay.conf import settings
 from django_relay.context import current_job
 from django_relay.exceptions import WorkerError
@@ -49,15 +50,19 @@ def describe(exc: BaseException) -> str:
 def decide(job: Job, outcome: object, *, backoff: float, max_result_bytes: int) -> Ack:
     """Map what ``process`` produced (a value or an exception) to the ack to persist."""
     match outcome:
-        case Snooze(seconds=seconds):
+        case WaitForSignal(seconds=seconds, wait=wait, seen=seen):
+            # Waiting is not failing: the attempt is given back, like a snooze.
             return Ack(
                 job.id,
                 job.attempt,
                 JobState.SCHEDULED,
                 delay=seconds,
                 attempt_delta=-1,
-                meta=getattr(outcome, "meta", None),
+                meta=codec.dumps({"signal_wait": wait}),
+                signals_seen=seen,
             )
+        case Snooze(seconds=seconds):
+            return Ack(job.id, job.attempt, JobState.SCHEDULED, delay=seconds, attempt_delta=-1)
         case Cancel(reason=reason):
             return Ack(
                 job.id,
@@ -133,6 +138,8 @@ async def execute(job: Job, threads: Executor | None) -> tuple[type | None, Ack]
             await signals.job_started.asend(sender=klass, job=job)
         coro = _call(instance.process, job, threads)
         outcome = await (asyncio.wait_for(coro, timeout) if timeout else coro)
+    except WaitForSignal as wait:
+        outcome = wait
     except TimeoutError as exc:
         outcome = TimeoutError(f"timed out after {timeout:g}s") if timeout else exc
     except Exception as exc:
