@@ -21,8 +21,9 @@ if TYPE_CHECKING:
         ResultTooLarge,
         SignalTimeout,
     )
+    from django_relay.jobs import acancel_jobs, aretry_jobs, cancel_jobs, retry_jobs
     from django_relay.relay import await_many, await_many_sync, await_result, await_result_sync
-    from django_relay.worker import Cancel, Snooze, aenqueue_many, enqueue_many, worker
+    from django_relay.workers import Cancel, Snooze, aenqueue_many, enqueue_many, worker
 
 __all__ = [
     "Cancel",
@@ -35,26 +36,34 @@ __all__ = [
     "ResultTooLarge",
     "SignalTimeout",
     "Snooze",
+    "acancel_jobs",
     "aenqueue_many",
+    "aretry_jobs",
     "await_many",
     "await_many_sync",
     "await_result",
     "await_result_sync",
     "await_signal",
     "await_signal_sync",
+    "cancel_jobs",
     "enqueue_many",
+    "retry_jobs",
     "signal",
     "signal_sync",
     "worker",
 ]
 
 _HOMES = {
-    "Cancel": "worker",
-    "Snooze": "worker",
-    "worker": "worker",
-    "enqueue_many": "worker",
-    "aenqueue_many": "worker",
+    "Cancel": "workers",
+    "Snooze": "workers",
+    "worker": "workers",
+    "enqueue_many": "workers",
+    "aenqueue_many": "workers",
     "await_result": "relay",
+    "cancel_jobs": "jobs",
+    "acancel_jobs": "jobs",
+    "retry_jobs": "jobs",
+    "aretry_jobs": "jobs",
     "await_many": "relay",
     "await_result_sync": "relay",
     "await_many_sync": "relay",

@@ -29,7 +29,7 @@ from django_relay.context import current_job
 from django_relay.exceptions import SignalTimeout
 from django_relay.models import Job
 from django_relay.notifier import get_notifier
-from django_relay.worker import _registry
+from django_relay.workers import _registry
 
 #: How long a snooze "forever" (``wait_for=None``) lasts: a signal ends it sooner.
 _FOREVER = 10 * 365 * 86_400.0

@@ -24,8 +24,12 @@ _NUMBERS = (
 )
 
 
-@register(Tags.compatibility, Tags.database)
+# Not tagged Tags.database: Django runs those only when a database is named
+# (``check --database``, migrate), and this check needs no query, only the vendor.
+@register(Tags.compatibility)
 def check_postgresql(app_configs: Any, **kwargs: Any) -> list[Error]:
+    if not isinstance(getattr(django_settings, "RELAY", {}), dict):
+        return []  # E003 says so; reading a key of it would crash the check
     alias = settings.DATABASE_ALIAS
     if alias not in django_settings.DATABASES:
         return [
@@ -62,7 +66,7 @@ def check_relay_setting(app_configs: Any, **kwargs: Any) -> list[Error | Warning
     ]
     for key in _NUMBERS:
         value = getattr(settings, key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if not _positive(value):
             errors.append(
                 Error(
                     f"RELAY[{key!r}] must be a positive number, not {value!r}.",
@@ -78,7 +82,8 @@ def check_relay_setting(app_configs: Any, **kwargs: Any) -> list[Error | Warning
             )
         )
     errors.extend(_check_queues(settings.QUEUES))
-    if settings.RESCUE_AFTER <= settings.HEARTBEAT_INTERVAL * 2:
+    rescue_after, heartbeat = settings.RESCUE_AFTER, settings.HEARTBEAT_INTERVAL
+    if _positive(rescue_after) and _positive(heartbeat) and rescue_after <= heartbeat * 2:
         errors.append(
             Warning(
                 "RELAY['RESCUE_AFTER'] is not more than twice HEARTBEAT_INTERVAL: a busy but "
@@ -89,8 +94,12 @@ def check_relay_setting(app_configs: Any, **kwargs: Any) -> list[Error | Warning
     return errors
 
 
+def _positive(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and value > 0
+
+
 def _check_queues(queues: object) -> list[Error | Warning]:
-    from django_relay.worker import validate_queue
+    from django_relay.workers import validate_queue
 
     if not isinstance(queues, dict) or not queues:
         return [

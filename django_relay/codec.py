@@ -28,14 +28,33 @@ _ENCODERS: dict[type, tuple[str, Callable[[Any], Any]]] = {
     uuid.UUID: ("uuid", str),
 }
 
+def _text(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    # The parsers accept more than dumps() writes (uuid.UUID(5) even raises
+    # AttributeError): take strings only, so stored data decodes one way or is refused.
+    def decode(value: Any) -> Any:
+        if type(value) is not str:
+            raise TypeError(f"expected a string, not {type(value).__name__}")
+        return parse(value)
+
+    return decode
+
+
+def _pairs(value: Any) -> dict[str, Any]:
+    if type(value) is not list or not all(
+        type(pair) is list and len(pair) == 2 and type(pair[0]) is str for pair in value
+    ):
+        raise TypeError("expected a list of [key, value] pairs")
+    return dict(value)
+
+
 _DECODERS: dict[str, Callable[[Any], Any]] = {
-    "datetime": dt.datetime.fromisoformat,
-    "date": dt.date.fromisoformat,
-    "time": dt.time.fromisoformat,
-    "decimal": Decimal,
-    "uuid": uuid.UUID,
+    "datetime": _text(dt.datetime.fromisoformat),
+    "date": _text(dt.date.fromisoformat),
+    "time": _text(dt.time.fromisoformat),
+    "decimal": _text(Decimal),
+    "uuid": _text(uuid.UUID),
     # An escaped user dict, stored as key/value pairs so it is never re-tagged.
-    "dict": dict,
+    "dict": _pairs,
 }
 
 
@@ -77,9 +96,9 @@ def to_json(value: Any, path: str = "$") -> Any:
 
 
 def _from_object(obj: dict[str, Any]) -> Any:
-    tag = obj.get(TAG)
-    if tag is None:
+    if TAG not in obj:
         return obj
+    tag = obj[TAG]
     decode = _DECODERS.get(tag) if isinstance(tag, str) else None
     if decode is None or set(obj) != {TAG, "v"}:
         raise DecodeError(f"refusing to decode unknown tagged value {tag!r}")
@@ -113,7 +132,7 @@ def loads(text: str | bytes | None) -> Any:
         return None
     try:
         return json.loads(text, object_hook=_from_object)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"stored data is not valid JSON: {exc}") from exc
 
 

@@ -111,13 +111,17 @@ WITH next AS (
     ORDER BY priority, scheduled_at, id
     LIMIT %s
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE django_relay_job AS j
+    SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempted_by = %s
+    FROM next WHERE j.id = next.id
+    RETURNING j.id, j.worker, j.queue, j.state, j.args::text, j.meta::text, NULL AS result,
+              j.errors::text, j.attempt, j.max_attempts, j.priority, j.scheduled_at,
+              j.inserted_at, j.attempted_at, j.finished_at, j.signal_count, j.attempted_by
 )
-UPDATE django_relay_job AS j
-SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempted_by = %s
-FROM next WHERE j.id = next.id
-RETURNING j.id, j.worker, j.queue, j.state, j.args::text, j.meta::text, NULL, j.errors::text,
-          j.attempt, j.max_attempts, j.priority, j.scheduled_at, j.inserted_at,
-          j.attempted_at, j.finished_at, j.signal_count, j.attempted_by
+-- RETURNING follows the join's order (a merge join on id for big batches), not the
+-- claim's: sort again so a batch starts in priority order.
+SELECT * FROM claimed ORDER BY priority, scheduled_at, id
 """
 
 
@@ -418,3 +422,34 @@ def nth_signal(
     if signal_id is not None:
         cursor.execute(CONSUME_SIGNAL, (attempt, signal_id, job_id, n))
     return now, count, signal_id, payload
+
+
+# -- operations on existing jobs (admin, public API) -------------------------------
+
+CANCEL_JOBS = f"""
+UPDATE django_relay_job SET state = 'cancelled', finished_at = now(),
+    errors = errors || jsonb_build_array(jsonb_build_object(
+        'attempt', attempt, 'at', now(), 'kind', 'cancel', 'error', %s::text))
+WHERE id = ANY(%s::bigint[]) AND state NOT IN {TERMINAL}
+RETURNING id
+"""
+
+RETRY_JOBS = """
+UPDATE django_relay_job SET state = 'available', scheduled_at = now(), finished_at = NULL,
+    max_attempts = greatest(max_attempts, attempt + 1)
+WHERE id = ANY(%s::bigint[])
+  AND state IN ('retryable', 'discarded', 'cancelled', 'scheduled')
+RETURNING id
+"""
+
+
+def cancel_jobs(cursor: Any, job_ids: Sequence[int], reason: str) -> list[int]:
+    """Cancel every unfinished job among ``job_ids``, running ones included."""
+    cursor.execute(CANCEL_JOBS, (reason, list(job_ids)))
+    return [row[0] for row in cursor.fetchall()]
+
+
+def retry_jobs(cursor: Any, job_ids: Sequence[int]) -> list[int]:
+    """Make failed, cancelled or scheduled jobs available now, with an attempt to spare."""
+    cursor.execute(RETRY_JOBS, (list(job_ids),))
+    return [row[0] for row in cursor.fetchall()]

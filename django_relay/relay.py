@@ -36,7 +36,7 @@ from django_relay.exceptions import (
 from django_relay.models import TERMINAL_STATES, Job
 from django_relay.notifier import Notifier, get_notifier
 from django_relay.pg import Link
-from django_relay.worker import enqueue_many, ensure_not_in_transaction
+from django_relay.workers import enqueue_many, ensure_not_in_transaction
 
 logger = logging.getLogger("django_relay")
 

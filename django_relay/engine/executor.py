@@ -21,7 +21,7 @@ from django_relay.context import current_job
 from django_relay.exceptions import WorkerError
 from django_relay.models import Job, JobState
 from django_relay.queries import Ack
-from django_relay.worker import Cancel, Snooze, options_of, resolve
+from django_relay.workers import Cancel, Snooze, options_of, resolve
 
 logger = logging.getLogger("django_relay")
 

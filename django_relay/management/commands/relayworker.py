@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_relay.conf import settings
 from django_relay.engine.runner import Runner
-from django_relay.worker import validate_queue
+from django_relay.workers import validate_queue
 
 
 def parse_queues(text: str) -> dict[str, int]:

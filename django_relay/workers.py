@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 import re
 from collections.abc import Iterable, Mapping
@@ -21,9 +22,14 @@ from django_relay.models import Job
 
 T = TypeVar("T", bound=type)
 
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 _registry: dict[str, type] = {}
+
+
+def _is_seconds(value: object) -> bool:
+    """A finite int or float, and not a bool."""
+    return type(value) is not bool and isinstance(value, int | float) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +48,8 @@ class Snooze:
     def __post_init__(self) -> None:
         if isinstance(self.seconds, dt.timedelta):
             object.__setattr__(self, "seconds", self.seconds.total_seconds())
-        if not isinstance(self.seconds, int | float) or self.seconds < 0:
+        if not _is_seconds(self.seconds) or self.seconds < 0:
+            # NaN or infinity would make the ack's interval arithmetic fail in SQL.
             raise ValueError(f"Snooze needs a number of seconds >= 0, not {self.seconds!r}")
 
 
@@ -62,7 +69,8 @@ def validate_queue(queue: object) -> str:
     Raises:
         ValueError: a clear message when it is not.
     """
-    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+    # fullmatch: with match() and "$", "default\n" passed as a valid name.
+    if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
         raise ValueError(f"invalid queue name {queue!r}: use 1-64 letters, digits, '_', '.' or '-'")
     return queue
 
@@ -132,7 +140,7 @@ def worker[T: type](
 
 
 def _validate_timeout(timeout: object) -> float | None:
-    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+    if timeout is not None and (not _is_seconds(timeout) or timeout <= 0):
         raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
     return timeout
 
@@ -149,8 +157,10 @@ def resolve(path: str) -> type:
     if klass is None:
         try:
             import_string(path)  # importing its module registers it
-        except ImportError as exc:
-            raise WorkerError(f"cannot import worker {path!r}: {exc}") from exc
+        except Exception as exc:
+            # Not only ImportError: a module that fails at import time must not
+            # escape the executor, which only turns WorkerError into a discard.
+            raise WorkerError(f"cannot import worker {path!r}: {exc!r}") from exc
         klass = _registry.get(path)
     if klass is None:
         raise WorkerError(f"{path!r} is not a registered @worker class; refusing to run it")
@@ -192,9 +202,11 @@ def _new(
     if schedule_in is not None:
         if isinstance(schedule_in, dt.timedelta):
             schedule_in = schedule_in.total_seconds()
-        if not isinstance(schedule_in, int | float):
+        if not _is_seconds(schedule_in):
             raise ValueError(f"schedule_in must be seconds or a timedelta, not {schedule_in!r}")
         scheduled_at = timezone.now() + dt.timedelta(seconds=schedule_in)
+    if scheduled_at is not None and not isinstance(scheduled_at, dt.datetime):
+        raise ValueError(f"scheduled_at must be a datetime, not {scheduled_at!r}")
     if scheduled_at is not None and timezone.is_naive(scheduled_at):
         raise ValueError("scheduled_at must be timezone-aware")
     job = Job(
