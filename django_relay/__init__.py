@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from django_relay.jobs import acancel_jobs, aretry_jobs, cancel_jobs, retry_jobs
     from django_relay.relay import await_many, await_many_sync, await_result, await_result_sync
     from django_relay.workers import Cancel, Snooze, aenqueue_many, enqueue_many, worker
+    from django_relay.workflow import Workflow, WorkflowError, adep_results, dep_results
 
 __all__ = [
     "Cancel",
@@ -36,7 +37,10 @@ __all__ = [
     "ResultTooLarge",
     "SignalTimeout",
     "Snooze",
+    "Workflow",
+    "WorkflowError",
     "acancel_jobs",
+    "adep_results",
     "aenqueue_many",
     "aretry_jobs",
     "await_many",
@@ -46,6 +50,7 @@ __all__ = [
     "await_signal",
     "await_signal_sync",
     "cancel_jobs",
+    "dep_results",
     "enqueue_many",
     "retry_jobs",
     "signal",
@@ -61,6 +66,10 @@ _HOMES = {
     "aenqueue_many": "workers",
     "await_result": "relay",
     "cancel_jobs": "jobs",
+    "Workflow": "workflow",
+    "WorkflowError": "workflow",
+    "dep_results": "workflow",
+    "adep_results": "workflow",
     "acancel_jobs": "jobs",
     "retry_jobs": "jobs",
     "aretry_jobs": "jobs",

@@ -28,6 +28,7 @@ _ENCODERS: dict[type, tuple[str, Callable[[Any], Any]]] = {
     uuid.UUID: ("uuid", str),
 }
 
+
 def _text(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
     # The parsers accept more than dumps() writes (uuid.UUID(5) even raises
     # AttributeError): take strings only, so stored data decodes one way or is refused.

@@ -6,6 +6,7 @@ from typing import Any
 
 import pgtrigger
 from django.db import models
+from django.db.models import Value
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
@@ -53,6 +54,46 @@ def _json_field(**kwargs: Any) -> models.JSONField:
     return models.JSONField(encoder=codec.JSONEncoder, decoder=codec.JSONDecoder, **kwargs)
 
 
+# When a step finishes, decide for each held dependent: run it (every dep completed,
+# or ended in a way it ignores), cancel it (a dep was cancelled or discarded and it
+# does not ignore that), or keep holding it. Locking the dependents first makes two
+# deps finishing in concurrent transactions safe: the second waits for the first
+# to commit, and the UPDATE (a new statement, so a new snapshot) then sees both.
+# Cancelling a dependent fires this trigger again: cascades are transitive.
+WORKFLOW_ADVANCE = """
+PERFORM 1 FROM django_relay_job
+WHERE workflow_id = NEW.workflow_id AND state = 'suspended' AND deps ? NEW.step
+ORDER BY id FOR UPDATE;
+UPDATE django_relay_job AS d SET
+    state = s.next_state,
+    scheduled_at = now(),
+    finished_at = CASE WHEN s.next_state = 'cancelled' THEN now() END,
+    errors = CASE WHEN s.next_state = 'cancelled' THEN d.errors || jsonb_build_array(
+        jsonb_build_object('attempt', d.attempt, 'at', now(), 'kind', 'cancel',
+                           'error', s.reason)) ELSE d.errors END
+FROM (
+    SELECT c.id,
+           CASE WHEN bool_or(p.state = 'cancelled' AND NOT c.ignore_cancelled
+                             OR p.state = 'discarded' AND NOT c.ignore_discarded)
+                THEN 'cancelled'
+                WHEN bool_and(p.state = 'completed'
+                              OR p.state = 'cancelled' AND c.ignore_cancelled
+                              OR p.state = 'discarded' AND c.ignore_discarded)
+                THEN 'available'
+                ELSE 'suspended' END AS next_state,
+           'dependency ' || string_agg(p.step || ' was ' || p.state, ', ' ORDER BY p.step)
+               FILTER (WHERE p.state IN ('cancelled', 'discarded')) AS reason
+    FROM django_relay_job AS c
+    CROSS JOIN LATERAL jsonb_array_elements_text(c.deps) AS dep(name)
+    JOIN django_relay_job AS p ON p.workflow_id = c.workflow_id AND p.step = dep.name
+    WHERE c.workflow_id = NEW.workflow_id AND c.state = 'suspended' AND c.deps ? NEW.step
+    GROUP BY c.id
+) AS s
+WHERE d.id = s.id AND s.next_state <> 'suspended';
+RETURN NULL;
+"""
+
+
 def _notify(channel: str, payload_sql: str) -> str:
     return f"PERFORM pg_notify('{channel}', {payload_sql}); RETURN NULL;"
 
@@ -85,6 +126,15 @@ class Job(models.Model):
     attempted_by = models.CharField(  # noqa: DJ001  (NULL: never attempted)
         _("attempted by"), max_length=128, null=True, blank=True
     )
+    # Workflow steps: the run, the step's name in it, the steps it waits for, and
+    # whether it still runs when one of those is cancelled or discarded.
+    workflow = models.ForeignKey(
+        "WorkflowRun", models.CASCADE, null=True, blank=True, related_name="jobs"
+    )
+    step = models.CharField(_("step"), max_length=64, null=True, blank=True)  # noqa: DJ001
+    deps = _json_field(verbose_name=_("depends on"), default=list, db_default=Value([]))
+    ignore_cancelled = models.BooleanField(default=False, db_default=False)
+    ignore_discarded = models.BooleanField(default=False, db_default=False)
 
     objects = JobQuerySet.as_manager()
 
@@ -130,6 +180,11 @@ class Job(models.Model):
             models.CheckConstraint(
                 condition=models.Q(state__in=JobState.values), name="relay_job_state"
             ),
+            models.UniqueConstraint(
+                fields=["workflow", "step"],
+                condition=models.Q(workflow__isnull=False),
+                name="relay_job_workflow_step",
+            ),
         ]
         # Payloads carry names and ids only: NOTIFY refuses payloads over 8000
         # bytes, and a refused NOTIFY would abort the UPDATE that raised it.
@@ -163,6 +218,16 @@ class Job(models.Model):
                     "json_build_object('id', NEW.id, 'state', NEW.state,"
                     " 'attempt', NEW.attempt)::text",
                 ),
+            ),
+            pgtrigger.Trigger(
+                name="relay_workflow_advance",
+                when=pgtrigger.After,
+                operation=pgtrigger.Update,
+                condition=pgtrigger.Condition(
+                    "NEW.workflow_id IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state"
+                    " AND NEW.state IN ('completed', 'discarded', 'cancelled')"
+                ),
+                func=WORKFLOW_ADVANCE,
             ),
         ]
 
@@ -245,3 +310,18 @@ class JobSignal(models.Model):
 
     def __str__(self) -> str:
         return f"signal {self.seq} to job {self.job_id}"
+
+
+class WorkflowRun(models.Model):
+    """One enqueued workflow; its state is derived from its steps (its jobs)."""
+
+    id = models.BigAutoField(primary_key=True)
+    name = models.CharField(_("name"), max_length=255, blank=True, default="")
+    inserted_at = models.DateTimeField(_("inserted at"), db_default=Now())
+
+    class Meta:
+        verbose_name = _("workflow run")
+        verbose_name_plural = _("workflow runs")
+
+    def __str__(self) -> str:
+        return f"{self.name or 'workflow'} #{self.pk}"

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
+import psycopg.errors
 from django.db import connections
 
 from django_relay.conf import settings
@@ -63,6 +64,12 @@ class Link:
                     if self._conn is None or self._conn.closed:
                         self._conn = await connect()
                     return await fn(self._conn)
+            except psycopg.errors.TransactionRollback as exc:
+                # A deadlock or serialization failure rolled the statement back;
+                # the connection is fine: run it again.
+                logger.info("%s: %s; retrying", self.name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
             except psycopg.OperationalError as exc:
                 logger.warning(
                     "%s connection failed (%s); retrying in %.2fs", self.name, exc, delay

@@ -29,15 +29,20 @@ SIGNAL_CHANNEL = "relay_signal"
 
 INSERT_JOBS = """
 INSERT INTO django_relay_job (worker, queue, state, args, meta, result, errors, attempt,
-                              max_attempts, priority, scheduled_at, inserted_at)
+                              max_attempts, priority, scheduled_at, inserted_at, signal_count,
+                              workflow_id, step, deps, ignore_cancelled, ignore_discarded)
 SELECT r.worker, r.queue,
        coalesce(r.state, CASE WHEN r.scheduled_at > now() THEN 'scheduled' ELSE 'available' END),
        r.args::jsonb, r.meta::jsonb, NULL, '[]'::jsonb, 0,
-       r.max_attempts, r.priority, coalesce(r.scheduled_at, now()), now()
+       r.max_attempts, r.priority, coalesce(r.scheduled_at, now()), now(), 0,
+       r.workflow_id, r.step, coalesce(r.deps::jsonb, '[]'::jsonb),
+       coalesce(r.ignore_cancelled, false), coalesce(r.ignore_discarded, false)
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::int[],
-            %s::timestamptz[], %s::text[])
+            %s::timestamptz[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::bool[],
+            %s::bool[])
      WITH ORDINALITY AS r(worker, queue, args, meta, max_attempts, priority, scheduled_at,
-                          state, ord)
+                          state, workflow_id, step, deps, ignore_cancelled, ignore_discarded,
+                          ord)
 ORDER BY r.ord
 RETURNING id, state, scheduled_at, inserted_at
 """
@@ -55,29 +60,17 @@ class NewJob:
     priority: int
     scheduled_at: datetime | None
     state: str | None = None
+    workflow_id: int | None = None
+    step: str | None = None
+    deps: str | None = None
+    ignore_cancelled: bool = False
+    ignore_discarded: bool = False
 
 
 def insert_jobs(cursor: Any, jobs: Sequence[NewJob]) -> list[tuple[Any, ...]]:
     """Insert ``jobs`` in one statement; return ``(id, state, scheduled_at, inserted_at)``."""
-    columns = list(
-        zip(
-            *(
-                (
-                    j.worker,
-                    j.queue,
-                    j.args,
-                    j.meta,
-                    j.max_attempts,
-                    j.priority,
-                    j.scheduled_at,
-                    j.state,
-                )
-                for j in jobs
-            ),
-            strict=True,
-        )
-    )
-    cursor.execute(INSERT_JOBS, [list(c) for c in columns])
+    columns = [[getattr(job, name) for job in jobs] for name in NewJob.__dataclass_fields__]
+    cursor.execute(INSERT_JOBS, columns)
     return list(cursor.fetchall())
 
 
@@ -102,6 +95,11 @@ JOB_COLUMNS = (
     "finished_at",
     "signal_count",
     "attempted_by",
+    "workflow_id",
+    "step",
+    "deps",
+    "ignore_cancelled",
+    "ignore_discarded",
 )
 
 CLAIM = """
@@ -117,7 +115,8 @@ WITH next AS (
     FROM next WHERE j.id = next.id
     RETURNING j.id, j.worker, j.queue, j.state, j.args::text, j.meta::text, NULL AS result,
               j.errors::text, j.attempt, j.max_attempts, j.priority, j.scheduled_at,
-              j.inserted_at, j.attempted_at, j.finished_at, j.signal_count, j.attempted_by
+              j.inserted_at, j.attempted_at, j.finished_at, j.signal_count, j.attempted_by,
+              j.workflow_id, j.step, j.deps::text, j.ignore_cancelled, j.ignore_discarded
 )
 -- RETURNING follows the join's order (a merge join on id for big batches), not the
 -- claim's: sort again so a batch starts in priority order.
@@ -157,8 +156,11 @@ UPDATE django_relay_job AS j SET
              ELSE j.errors || jsonb_build_array(a.error::jsonb || jsonb_build_object('at', now()))
              END,
     attempt = j.attempt + a.attempt_delta,
+    -- Capped at 10 years (least() also maps NaN and Infinity to the cap): a delay
+    -- past the interval or timestamp range would fail the statement, and with it
+    -- every ack of the batch.
     scheduled_at = CASE WHEN a.delay IS NULL THEN j.scheduled_at
-                   ELSE now() + a.delay * interval '1 second' END,
+                   ELSE now() + least(a.delay, 315576000) * interval '1 second' END,
     finished_at = CASE WHEN a.state IN {TERMINAL} THEN now() END,
     meta = CASE WHEN a.meta IS NULL THEN j.meta ELSE j.meta || a.meta::jsonb END
 FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::text[], %s::float8[],
@@ -280,11 +282,24 @@ async def forget_node(conn: AsyncConnection, node: str) -> None:
 
 
 PRUNE = f"""
-DELETE FROM django_relay_job WHERE id IN (
-    SELECT id FROM django_relay_job
-    WHERE state IN {TERMINAL} AND finished_at < now() - %s * interval '1 second'
+WITH doomed AS (
+    SELECT j.id FROM django_relay_job AS j
+    WHERE j.state IN {TERMINAL} AND j.finished_at < now() - %s * interval '1 second'
+      -- a step stays while its workflow runs: its dependents read its result
+      AND (j.workflow_id IS NULL OR NOT EXISTS (
+          SELECT 1 FROM django_relay_job AS u
+          WHERE u.workflow_id = j.workflow_id AND u.state NOT IN {TERMINAL}))
     LIMIT %s
+), deleted AS (
+    DELETE FROM django_relay_job WHERE id IN (SELECT id FROM doomed)
+    RETURNING workflow_id
+), runs AS (
+    DELETE FROM django_relay_workflowrun AS w
+    WHERE w.id IN (SELECT workflow_id FROM deleted)
+      AND NOT EXISTS (SELECT 1 FROM django_relay_job AS j
+                      WHERE j.workflow_id = w.id AND j.id NOT IN (SELECT id FROM doomed))
 )
+SELECT count(*) FROM deleted
 """
 
 
@@ -292,7 +307,8 @@ async def prune(conn: AsyncConnection, older_than: float, limit: int = 10_000) -
     """Delete finished jobs older than ``older_than`` seconds."""
     async with conn.cursor() as cur:
         await cur.execute(PRUNE, (older_than, limit))
-        return cur.rowcount
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
 
 # -- relay: reading outcomes ----------------------------------------------------

@@ -38,6 +38,12 @@ class Cancel:
 
     reason: str | None = None
 
+    def __post_init__(self) -> None:
+        # The reason is recorded as the error text; one the codec cannot store (an
+        # object) would fail the ack and leave the job to be re-run forever.
+        if self.reason is not None and not isinstance(self.reason, str):
+            object.__setattr__(self, "reason", str(self.reason))
+
 
 @dataclass(frozen=True, slots=True)
 class Snooze:
@@ -287,6 +293,11 @@ def _encode(job: Job) -> queries.NewJob:
         priority=job.priority,
         scheduled_at=job.scheduled_at,
         state=job.state if job.state == "suspended" else None,
+        workflow_id=job.workflow_id,
+        step=job.step,
+        deps=codec.dumps(list(job.deps)) if job.deps else None,
+        ignore_cancelled=job.ignore_cancelled,
+        ignore_discarded=job.ignore_discarded,
     )
 
 
@@ -304,6 +315,9 @@ def enqueue_many(jobs: Iterable[Job] | Any) -> list[Job]:
     jobs = list(jobs)
     if not jobs:
         return []
+    if len({id(job) for job in jobs}) != len(jobs):
+        # It would be inserted twice, and keep only the last row's id.
+        raise ValueError("enqueue_many was given the same Job instance twice")
     rows = [_encode(job) for job in jobs]
     alias = settings.DATABASE_ALIAS
     with connections[alias].cursor() as cursor:

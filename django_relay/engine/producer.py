@@ -12,17 +12,24 @@ from django_relay import codec, queries
 from django_relay.conf import settings
 from django_relay.engine import executor
 from django_relay.engine.acker import Acker
+from django_relay.exceptions import DecodeError
 from django_relay.models import Job
 
 logger = logging.getLogger("django_relay")
 
 
+_JSON_COLUMNS = [queries.JOB_COLUMNS.index(name) for name in ("args", "meta", "errors", "deps")]
+
+
 def build_job(row: tuple) -> Job:
-    """A :class:`Job` from a claimed row (columns in ``queries.JOB_COLUMNS`` order)."""
+    """A :class:`Job` from a claimed row (columns in ``queries.JOB_COLUMNS`` order).
+
+    Raises:
+        DecodeError: a JSON column holds something the codec refuses.
+    """
     values = list(row)
-    values[4] = codec.loads(values[4])  # args
-    values[5] = codec.loads(values[5])  # meta
-    values[7] = codec.loads(values[7])  # errors
+    for index in _JSON_COLUMNS:
+        values[index] = codec.loads(values[index])
     return Job.from_db(settings.DATABASE_ALIAS, queries.JOB_COLUMNS, values)
 
 
@@ -53,7 +60,7 @@ class Producer:
             if free > 0:
                 rows = await self._claim(self.queue, free)
                 for row in rows:
-                    self._start(build_job(row))
+                    self._start(row)
                 if len(rows) == free:
                     continue  # maybe more: claim again as soon as slots free up
             waiter = asyncio.ensure_future(self._wake.wait())
@@ -66,9 +73,23 @@ class Producer:
             waiter.cancel()
             stopper.cancel()
 
-    def _start(self, job: Job) -> None:
-        task = asyncio.create_task(self._execute(job), name=f"relay-job-{job.id}")
-        self.running[job.id] = task
+    def _start(self, row: tuple) -> None:
+        job_id, attempt = row[0], row[queries.JOB_COLUMNS.index("attempt")]
+        try:
+            job = build_job(row)
+        except DecodeError as exc:
+            # Never run a job we cannot read; discard it, saying why.
+            entry = codec.dumps({"attempt": attempt, "kind": "decode", "error": str(exc)})
+            ack = queries.Ack(job_id, attempt, "discarded", error=entry)
+            task = asyncio.create_task(self._acker.submit(ack))
+        else:
+            task = asyncio.create_task(self._execute(job), name=f"relay-job-{job_id}")
+        self.running[job_id] = task
+        task.add_done_callback(lambda _: self._finished(job_id))
+
+    def _finished(self, job_id: int) -> None:
+        del self.running[job_id]
+        self._wake.set()
 
     async def _execute(self, job: Job) -> None:
         started = time.perf_counter()
@@ -78,6 +99,3 @@ class Producer:
             await executor.report(klass, job, ack, started, acked)
         except Exception:  # a bug of ours, or a signal receiver's: never kill the runner
             logger.exception("job %s: unexpected error in the runner", job.id)
-        finally:
-            del self.running[job.id]
-            self._wake.set()

@@ -45,6 +45,7 @@ class Runner:
             )
             for name, limit in self.queues.items()
         }
+        self.failed = False
         self.lifeline = Lifeline(self.node, self.queues, reconcile=self._reconcile)
 
     def running_ids(self) -> list[int]:
@@ -105,7 +106,23 @@ class Runner:
             ", ".join(f"{q}={n}" for q, n in self.queues.items()),
         )
         try:
-            await stopping.wait()
+            # A producer or the lifeline ending on its own is a bug: stop rather than
+            # linger as a runner that heartbeats but runs nothing.
+            stop = asyncio.create_task(stopping.wait())
+            done, _ = await asyncio.wait(
+                {stop, *workers, upkeep}, return_when=asyncio.FIRST_COMPLETED
+            )
+            crashed = [] if stopping.is_set() else [t for t in done if t is not stop]
+            if crashed:
+                self.failed = True
+                for task in crashed:
+                    logger.critical(
+                        "%s stopped unexpectedly: %r; shutting down",
+                        task.get_name(),
+                        task.exception() if not task.cancelled() else "cancelled",
+                    )
+                stopping.set()
+            stop.cancel()
         finally:
             unlisten()
             await self._stop(workers, upkeep, settings.GRACE_PERIOD if grace is None else grace)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import threading
 from typing import Any
@@ -14,6 +15,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django_relay.conf import settings
 from django_relay.engine.runner import Runner
 from django_relay.workers import validate_queue
+
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def parse_queues(text: str) -> dict[str, int]:
@@ -26,7 +29,8 @@ def parse_queues(text: str) -> dict[str, int]:
     for entry in filter(None, (part.strip() for part in text.split(","))):
         name, sep, limit = entry.partition("=")
         name = validate_queue(name.strip())
-        if not sep or not limit.strip().isdigit() or int(limit) < 1:
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if not sep or not _DIGITS.fullmatch(limit.strip()) or int(limit) < 1:
             raise ValueError(f"{entry!r}: write queue=concurrency with a concurrency >= 1")
         if name in queues:
             raise ValueError(f"queue {name!r} is given twice")
@@ -34,6 +38,18 @@ def parse_queues(text: str) -> dict[str, int]:
     if not queues:
         raise ValueError("no queues given")
     return queues
+
+
+def _settings_queues(queues: object) -> dict[str, int]:
+    # call_command() skips the system checks (E006), so validate here too: int("3")
+    # or a concurrency of 0 would otherwise start a runner that never runs a job.
+    if not isinstance(queues, dict) or not queues:
+        raise ValueError("must be a non-empty dict of name -> concurrency")
+    for name, limit in queues.items():
+        validate_queue(name)
+        if type(limit) is not int or limit < 1:
+            raise ValueError(f"queue {name!r}: concurrency must be an int >= 1, not {limit!r}")
+    return dict(queues)
 
 
 class Command(BaseCommand):
@@ -53,19 +69,22 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            queues = (
-                parse_queues(options["queues"])
-                if options["queues"]
-                else {validate_queue(q): int(n) for q, n in settings.QUEUES.items()}
-            )
+            if options["queues"]:
+                queues = parse_queues(options["queues"])
+            else:
+                queues = _settings_queues(settings.QUEUES)
         except ValueError as exc:
-            raise CommandError(f"--queues: {exc}") from exc
-        asyncio.run(self._serve(Runner(queues), options["grace_period"]))
+            where = "--queues" if options["queues"] else "RELAY['QUEUES']"
+            raise CommandError(f"{where}: {exc}") from exc
+        runner = Runner(queues)
+        asyncio.run(self._serve(runner, options["grace_period"]))
         if any(t.name.startswith("relay-job") for t in threading.enumerate()):
             # A sync job that ignored the grace period still holds a thread; its job
             # was given back, so leave without waiting for it.
             logging.shutdown()
-            os._exit(0)
+            os._exit(1 if runner.failed else 0)
+        if runner.failed:
+            raise CommandError("the runner stopped after an internal error (see the log)")
 
     async def _serve(self, runner: Runner, grace: float | None) -> None:
         stopping = asyncio.Event()

@@ -1,0 +1,303 @@
+"""The codec: what can be stored, what comes back, and what is refused (no database)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.db import models
+
+from django_relay import codec
+from django_relay.codec import TAG, TooLarge
+from django_relay.exceptions import DecodeError, EncodeError
+
+
+def roundtrip(value):
+    return codec.loads(codec.dumps(value))
+
+
+class Colour(models.TextChoices):
+    RED = "red", "Red"
+    BLUE = "blue", "Blue"
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 7
+
+
+UTC_PLUS_2 = dt.timezone(dt.timedelta(hours=2))
+
+
+# -- round trips ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        0,
+        -(2**70),
+        1.5,
+        "",
+        "héllo ✓",
+        [],
+        {},
+        {"a": [1, {"b": None}], "c": "d"},
+    ],
+    ids=repr,
+)
+def test_plain_json_round_trips_unchanged(value):
+    assert codec.loads(codec.dumps(value)) == value
+    # Plain JSON is stored as itself: no tags added.
+    assert json.loads(codec.dumps(value)) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        dt.datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=dt.UTC),
+        dt.datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=UTC_PLUS_2),
+        dt.datetime(1999, 12, 31, 8, 30),
+        dt.date(2024, 2, 29),
+        dt.time(13, 14, 15, 16),
+        dt.time(13, 14, tzinfo=UTC_PLUS_2),
+        Decimal("0.1"),
+        Decimal("-12345678901234567890.000000000001"),
+        Decimal("1E+3"),
+        uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    ],
+    ids=repr,
+)
+def test_rich_scalars_round_trip_with_their_type(value):
+    back = roundtrip(value)
+    assert back == value
+    assert type(back) is type(value)
+    if isinstance(value, dt.datetime | dt.time):
+        # Aware stays aware with the same offset, naive stays naive.
+        assert back.utcoffset() == value.utcoffset()
+        assert back.tzinfo is None if value.tzinfo is None else back.tzinfo is not None
+    if isinstance(value, Decimal):
+        assert str(back) == str(value)  # precision and exponent kept, no float on the way
+
+
+def test_rich_values_round_trip_nested():
+    value = {
+        "when": dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        "items": [
+            {"price": Decimal("9.99"), "id": uuid.UUID(int=7)},
+            [dt.date(2024, 1, 1), [dt.time(1, 2)]],
+        ],
+        "empty": {"list": [], "dict": {}},
+    }
+    assert roundtrip(value) == value
+
+
+def test_tuples_come_back_as_lists():
+    assert roundtrip((1, (2, 3), {"t": ("a",)})) == [1, [2, 3], {"t": ["a"]}]
+
+
+def test_str_and_int_subclasses_are_stored_as_their_plain_values():
+    value = {"colour": Colour.RED, "level": Level.HIGH, "levels": [Level.LOW]}
+    encoded = codec.dumps(value)
+    assert json.loads(encoded) == {"colour": "red", "level": 7, "levels": [1]}
+    back = codec.loads(encoded)
+    assert back == {"colour": "red", "level": 7, "levels": [1]}
+    assert type(back["colour"]) is str
+    assert type(back["level"]) is int
+
+
+def test_bool_stays_bool():
+    assert roundtrip([True, False]) == [True, False]
+    assert type(roundtrip(True)) is bool
+
+
+# -- the tag key cannot be forged -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "user_dict",
+    [
+        {TAG: "datetime", "v": "2024-01-01T00:00:00"},
+        {TAG: "dict", "v": [["x", 1]]},
+        {TAG: "pickle", "v": "gASVAAAA"},
+        {TAG: None},
+        {TAG: {"nested": Decimal("1.5")}, "other": [1]},
+    ],
+    ids=repr,
+)
+def test_a_user_dict_carrying_the_tag_key_round_trips_intact(user_dict):
+    back = roundtrip(user_dict)
+    assert back == user_dict
+    assert type(back) is dict
+
+
+def test_a_user_dict_carrying_the_tag_key_cannot_forge_a_tagged_value():
+    forged = {TAG: "uuid", "v": "12345678-1234-5678-1234-567812345678"}
+    back = roundtrip({"payload": forged})["payload"]
+    assert back == forged  # still the user's plain dict, not a UUID
+    assert not isinstance(back, uuid.UUID)
+
+
+# -- refusals name the path -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "path", "detail"),
+    [
+        ({"tags": {1, 2}}, "args.tags", "set"),
+        ({"a": [1, object()]}, "args.a[1]", "object"),
+        ({"x": {"y": float("nan")}}, "args.x.y", "nan"),
+        ({"x": [float("inf")]}, "args.x[0]", "inf"),
+        ({"x": -float("inf")}, "args.x", "inf"),
+        ({"blob": b"\x00\x01"}, "args.blob", "bytes"),
+        ({"d": {1: "one"}}, "args.d", "keys must be str"),
+        ({"d": {("a", "b"): 1}}, "args.d", "keys must be str"),
+        ({"d": {None: 1}}, "args.d", "keys must be str"),
+        ({"c": 1 + 2j}, "args.c", "complex"),
+        ({"s": frozenset()}, "args.s", "frozenset"),
+    ],
+    ids=lambda v: repr(v)[:40],
+)
+def test_unserializable_values_are_refused_naming_their_path(value, path, detail):
+    with pytest.raises(EncodeError) as excinfo:
+        codec.dumps(value, what="args")
+    message = str(excinfo.value)
+    assert message.startswith(f"{path}:")
+    assert detail in message
+
+
+def test_the_path_root_defaults_to_value():
+    with pytest.raises(EncodeError, match=r"^value\[0\]: set is not serializable"):
+        codec.dumps([set()])
+
+
+def test_encode_error_is_a_value_error_for_callers_that_catch_those():
+    with pytest.raises(ValueError):
+        codec.dumps(object())
+
+
+# -- size caps --------------------------------------------------------------------------------
+
+
+def test_values_within_the_limit_pass():
+    text = codec.dumps({"s": "x" * 10}, limit=100)
+    assert codec.loads(text) == {"s": "x" * 10}
+    exact = codec.dumps("y" * 8)
+    assert codec.dumps("y" * 8, limit=len(exact.encode())) == exact  # the limit is inclusive
+
+
+def test_oversized_values_raise_too_large_with_size_and_limit():
+    with pytest.raises(TooLarge) as excinfo:
+        codec.dumps({"s": "x" * 200}, limit=100, what="args")
+    exc = excinfo.value
+    assert isinstance(exc, EncodeError)
+    assert exc.limit == 100
+    assert exc.size == len(codec.dumps({"s": "x" * 200}).encode())
+    assert "args" in str(exc) and "100" in str(exc) and str(exc.size) in str(exc)
+
+
+def test_the_size_is_counted_in_utf8_bytes_not_characters():
+    value = "é" * 60  # 60 characters, 120 bytes (+2 quotes)
+    with pytest.raises(TooLarge) as excinfo:
+        codec.dumps(value, limit=100)
+    assert excinfo.value.size == 122
+
+
+# -- decoding refusals ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"__relay__": "pickle", "v": "gASV"}',
+        '{"__relay__": "os.system", "v": "rm -rf /"}',
+        '{"__relay__": 3, "v": 1}',
+        '{"__relay__": null, "v": 1}',
+        '{"__relay__": null}',
+        '{"__relay__": ["datetime"], "v": "2024-01-01"}',
+        '[{"ok": {"__relay__": "nope", "v": 1}}]',
+    ],
+)
+def test_loads_refuses_unknown_tags(text):
+    with pytest.raises(DecodeError):
+        codec.loads(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"__relay__": "datetime", "v": "yesterday"}',
+        '{"__relay__": "datetime", "v": 5}',
+        '{"__relay__": "date", "v": []}',
+        '{"__relay__": "time", "v": "25:00"}',
+        '{"__relay__": "decimal", "v": "twelve"}',
+        '{"__relay__": "decimal", "v": 1.5}',
+        '{"__relay__": "uuid", "v": "not-a-uuid"}',
+        '{"__relay__": "uuid", "v": 5}',
+        '{"__relay__": "dict", "v": 5}',
+        '{"__relay__": "dict", "v": ["ab"]}',
+        '{"__relay__": "dict", "v": [[1, 2]]}',
+        '{"__relay__": "dict", "v": [["a", 1, 2]]}',
+        '{"__relay__": "datetime"}',
+        '{"__relay__": "datetime", "v": "2024-01-01T00:00:00", "extra": 1}',
+    ],
+)
+def test_loads_refuses_malformed_tagged_values(text):
+    with pytest.raises(DecodeError):
+        codec.loads(text)
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1,", "{'a': 1}", "NaNx", b"\xff", b"\xff\xfe"])
+def test_loads_refuses_bad_json_with_decode_error(text):
+    with pytest.raises(DecodeError):
+        codec.loads(text)
+
+
+def test_loads_of_none_is_none_and_bytes_are_accepted():
+    assert codec.loads(None) is None
+    assert codec.loads(codec.dumps({"d": Decimal("2.5")}).encode()) == {"d": Decimal("2.5")}
+
+
+# -- Django JSONField classes follow the same rules -------------------------------------------
+
+
+def test_jsonfield_encoder_tags_like_dumps():
+    value = {"at": dt.datetime(2024, 5, 6, tzinfo=dt.UTC), "n": Decimal("3.30"), TAG: "x"}
+    text = json.dumps(value, cls=codec.JSONEncoder)
+    assert json.loads(text) == json.loads(codec.dumps(value))
+    assert json.loads(text, cls=codec.JSONDecoder) == value
+    assert codec.loads(text) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "path"), [({"s": {1}}, "$.s"), ([float("nan")], "$[0]"), ({2: 1}, "$")]
+)
+def test_jsonfield_encoder_refuses_what_dumps_refuses(value, path):
+    with pytest.raises(EncodeError) as excinfo:
+        json.dumps(value, cls=codec.JSONEncoder)
+    assert str(excinfo.value).startswith(f"{path}:")
+
+
+def test_jsonfield_decoder_refuses_unknown_and_malformed_tags():
+    with pytest.raises(DecodeError):
+        json.loads('{"__relay__": "pickle", "v": ""}', cls=codec.JSONDecoder)
+    with pytest.raises(DecodeError):
+        json.loads('{"__relay__": "uuid", "v": 5}', cls=codec.JSONDecoder)
+    assert json.loads(codec.dumps({"u": uuid.UUID(int=1)}), cls=codec.JSONDecoder) == {
+        "u": uuid.UUID(int=1)
+    }
+
+
+def test_job_model_json_fields_use_the_codec():
+    from django_relay.models import Job
+
+    for name in ("args", "meta", "result", "errors"):
+        field = Job._meta.get_field(name)
+        assert field.encoder is codec.JSONEncoder
+        assert field.decoder is codec.JSONDecoder

@@ -1,0 +1,699 @@
+"""The SQL that moves job states, and the triggers that announce it, on real PostgreSQL.
+
+Runner-side statements run on our own psycopg connections (``django_relay.pg.connect``),
+as the runner runs them; rows are made with the ORM through :class:`JobFactory`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import factory
+import pytest
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+from psycopg import AsyncConnection
+
+from django_relay import codec, pg, queries
+from django_relay.models import Job, JobState, Node
+from django_relay.queries import Ack
+from tests.factories import JobFactory, NodeFactory
+from tests.workers import EchoWorker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ME = "node-me"
+OTHER = "node-other"
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+@sync_to_async
+def make(**fields: Any) -> Job:
+    return JobFactory(**fields)
+
+
+@sync_to_async
+def make_node(**fields: Any) -> Node:
+    return NodeFactory(**fields)
+
+
+async def fetch(job: Job | int) -> Job:
+    return await Job.objects.aget(pk=job if isinstance(job, int) else job.pk)
+
+
+async def clock(conn: AsyncConnection) -> dt.datetime:
+    """The database's wall clock now (not the transaction's now())."""
+    cur = await conn.execute("SELECT clock_timestamp()")
+    return (await cur.fetchone())[0]
+
+
+async def heartbeat(conn: AsyncConnection, node: str, age: float = 0.0) -> None:
+    """Give ``node`` a heartbeat ``age`` seconds old on the database clock."""
+    await queries.heartbeat(conn, node, "test-host", 1, "{}")
+    await conn.execute(
+        "UPDATE django_relay_node SET heartbeat_at = now() - %s * interval '1 second'"
+        " WHERE id = %s",
+        (age, node),
+    )
+
+
+async def claim_one(conn: AsyncConnection, job: Job, node: str = ME) -> tuple:
+    rows = await queries.claim(conn, job.queue, 1, node)
+    assert [row[0] for row in rows] == [job.pk]
+    return rows[0]
+
+
+async def collect(listener: AsyncConnection, count: int, timeout: float = 5.0) -> list[Any]:
+    """Up to ``count`` notifications as ``(channel, payload)``; fewer if ``timeout`` passes."""
+    got = []
+    async for note in listener.notifies(timeout=timeout, stop_after=count):
+        payload = note.payload
+        if note.channel == queries.FINISHED_CHANNEL:
+            # The contract is the id and the state; other keys may ride along.
+            data = json.loads(payload)
+            payload = {"id": data["id"], "state": data["state"]}
+        got.append((note.channel, payload))
+    return got
+
+
+@pytest.fixture
+async def conn() -> AsyncIterator[AsyncConnection]:
+    connection = await pg.connect()
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def conn2() -> AsyncIterator[AsyncConnection]:
+    connection = await pg.connect()
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[AsyncConnection]:
+    connection = await pg.connect(listen=True)
+    try:
+        await connection.execute(f"LISTEN {queries.AVAILABLE_CHANNEL}")
+        await connection.execute(f"LISTEN {queries.FINISHED_CHANNEL}")
+        yield connection
+    finally:
+        await connection.close()
+
+
+def ago(seconds: float) -> dt.datetime:
+    return timezone.now() - dt.timedelta(seconds=seconds)
+
+
+# -- claim ------------------------------------------------------------------------------------
+
+
+async def test_claim_orders_by_priority_then_scheduled_at_then_id(conn):
+    a = await make(priority=1, scheduled_at=ago(10))
+    b = await make(priority=0, scheduled_at=ago(5))
+    c = await make(priority=0, scheduled_at=ago(20))
+    d = await make(priority=0, scheduled_at=c.scheduled_at)
+    e = await make(priority=9, scheduled_at=ago(100))
+    expected = [c.pk, d.pk, b.pk, a.pk, e.pk]
+
+    one_by_one = []
+    for _ in expected:
+        rows = await queries.claim(conn, "default", 1, ME)
+        one_by_one.extend(row[0] for row in rows)
+    assert one_by_one == expected
+    assert await queries.claim(conn, "default", 1, ME) == []
+
+
+async def test_claim_returns_a_batch_in_claim_order(conn):
+    jobs = [
+        await make(priority=p, scheduled_at=ago(s)) for p, s in [(3, 1), (0, 2), (0, 9), (1, 5)]
+    ]
+    rows = await queries.claim(conn, "default", 10, ME)
+    by_order = sorted(jobs, key=lambda j: (j.priority, j.scheduled_at, j.pk))
+    assert [row[0] for row in rows] == [job.pk for job in by_order]
+
+
+async def test_claim_takes_at_most_limit(conn):
+    jobs = [await make(scheduled_at=ago(10 - n)) for n in range(5)]
+    rows = await queries.claim(conn, "default", 2, ME)
+    assert [row[0] for row in rows] == [jobs[0].pk, jobs[1].pk]
+    states = [(await fetch(job)).state for job in jobs]
+    assert states == ["executing", "executing", "available", "available", "available"]
+
+
+async def test_claim_takes_only_the_given_queue(conn):
+    mine = [await make(queue="mail"), await make(queue="mail")]
+    theirs = await make(queue="default")
+    similar = await make(queue="mail2")
+    rows = await queries.claim(conn, "mail", 10, ME)
+    assert {row[0] for row in rows} == {job.pk for job in mine}
+    assert (await fetch(theirs)).state == JobState.AVAILABLE
+    assert (await fetch(similar)).state == JobState.AVAILABLE
+
+
+async def test_claim_takes_only_available_jobs(conn):
+    for traits in ("scheduled", "executing", "retryable", "completed", "discarded", "cancelled"):
+        await make(**{traits: True})
+    await make(state=JobState.SUSPENDED)
+    await make(state=JobState.RETRYABLE, scheduled_at=ago(60))  # due, but not staged yet
+    assert await queries.claim(conn, "default", 100, ME) == []
+
+
+async def test_claim_marks_the_job_executing_as_ours(conn):
+    job = await make(attempt=2, max_attempts=5, args={"value": {"d": "x"}})
+    before = await clock(conn)
+    row = await claim_one(conn, job)
+    after = await clock(conn)
+    claimed = dict(zip(queries.JOB_COLUMNS, row, strict=True))
+    assert claimed["state"] == "executing"
+    assert claimed["attempt"] == 3
+    assert claimed["attempted_by"] == ME
+    assert before <= claimed["attempted_at"] <= after
+    assert codec.loads(claimed["args"]) == {"value": {"d": "x"}}
+    assert claimed["worker"] == EchoWorker.__relay_worker__
+
+    stored = await fetch(job)
+    assert (stored.state, stored.attempt, stored.attempted_by) == ("executing", 3, ME)
+    assert stored.attempted_at == claimed["attempted_at"]
+    assert stored.finished_at is None
+
+
+async def test_concurrent_claims_skip_each_others_locked_jobs(conn, conn2):
+    jobs = [await make(scheduled_at=ago(100 - n)) for n in range(10)]
+    async with conn.transaction():
+        first = await queries.claim(conn, "default", 3, "node-a")
+        # conn still holds its row locks: conn2 must skip them, not wait, not take them.
+        async with conn2.transaction():
+            second = await asyncio.wait_for(queries.claim(conn2, "default", 10, "node-b"), 5)
+    first_ids = {row[0] for row in first}
+    second_ids = {row[0] for row in second}
+    assert first_ids == {job.pk for job in jobs[:3]}
+    assert second_ids == {job.pk for job in jobs[3:]}
+    owners = {job.pk: (await fetch(job)).attempted_by for job in jobs}
+    assert {pk for pk, node in owners.items() if node == "node-a"} == first_ids
+    assert {pk for pk, node in owners.items() if node == "node-b"} == second_ids
+
+
+async def test_racing_claimers_never_take_the_same_job(conn, conn2):
+    await sync_to_async(JobFactory.create_batch)(60)
+
+    async def drain(connection: AsyncConnection, node: str) -> list[int]:
+        taken: list[int] = []
+        while True:
+            async with connection.transaction():
+                rows = await queries.claim(connection, "default", 4, node)
+                await asyncio.sleep(0)  # hold the locks while the other claims
+            if not rows:
+                return taken
+            taken.extend(row[0] for row in rows)
+
+    a, b = await asyncio.wait_for(asyncio.gather(drain(conn, "node-a"), drain(conn2, "node-b")), 30)
+    assert len(a) + len(b) == 60
+    assert len(set(a) | set(b)) == 60
+    assert not set(a) & set(b)
+    assert await Job.objects.filter(state="executing", attempt=1).acount() == 60
+
+
+# -- ack --------------------------------------------------------------------------------------
+
+
+async def claimed_job(conn: AsyncConnection, node: str = ME, **fields: Any) -> Job:
+    job = await make(**fields)
+    await claim_one(conn, job, node)
+    return await fetch(job)
+
+
+async def test_ack_completed_stores_the_result_and_finishes(conn):
+    job = await claimed_job(conn)
+    result = codec.dumps({"sum": 3, "at": dt.date(2024, 1, 1)})
+    before = await clock(conn)
+    ours = await queries.ack(conn, ME, [Ack(job.pk, 1, JobState.COMPLETED, result=result)])
+    after = await clock(conn)
+    assert ours == {job.pk}
+    stored = await fetch(job)
+    assert stored.state == JobState.COMPLETED
+    assert stored.result == {"sum": 3, "at": dt.date(2024, 1, 1)}
+    assert before <= stored.finished_at <= after
+    assert stored.attempt == 1
+    assert stored.errors == []
+    assert stored.scheduled_at == job.scheduled_at
+
+
+async def test_ack_retryable_appends_the_error_and_schedules_after_the_delay(conn):
+    job = await claimed_job(conn, errors=[{"attempt": 0, "error": "earlier"}])
+    error = codec.dumps({"attempt": 1, "kind": "error", "error": "ValueError: x"})
+    before = await clock(conn)
+    ours = await queries.ack(conn, ME, [Ack(job.pk, 1, JobState.RETRYABLE, error=error, delay=30)])
+    after = await clock(conn)
+    assert ours == {job.pk}
+    stored = await fetch(job)
+    assert stored.state == JobState.RETRYABLE
+    assert stored.attempt == 1  # a failure counts
+    assert stored.finished_at is None
+    assert stored.result is None
+    delay = dt.timedelta(seconds=30)
+    assert before + delay <= stored.scheduled_at <= after + delay
+    assert len(stored.errors) == 2
+    assert stored.errors[0] == {"attempt": 0, "error": "earlier"}
+    entry = stored.errors[1]
+    assert {k: v for k, v in entry.items() if k != "at"} == {
+        "attempt": 1,
+        "kind": "error",
+        "error": "ValueError: x",
+    }
+    assert before <= dt.datetime.fromisoformat(entry["at"]) <= after  # the database's clock
+
+
+@pytest.mark.parametrize("state", [JobState.DISCARDED, JobState.CANCELLED])
+async def test_ack_discarded_or_cancelled_finishes_with_the_error(conn, state):
+    job = await claimed_job(conn)
+    error = codec.dumps({"attempt": 1, "kind": "error", "error": "last words"})
+    before = await clock(conn)
+    assert await queries.ack(conn, ME, [Ack(job.pk, 1, state, error=error)]) == {job.pk}
+    after = await clock(conn)
+    stored = await fetch(job)
+    assert stored.state == state
+    assert before <= stored.finished_at <= after
+    assert [e["error"] for e in stored.errors] == ["last words"]
+    assert stored.result is None
+
+
+async def test_ack_snooze_gives_the_attempt_back_and_reschedules(conn):
+    job = await claimed_job(conn, attempt=2, max_attempts=3)  # claimed: attempt 3 of 3
+    assert job.attempt == 3
+    before = await clock(conn)
+    ours = await queries.ack(
+        conn, ME, [Ack(job.pk, 3, JobState.SCHEDULED, delay=120, attempt_delta=-1)]
+    )
+    after = await clock(conn)
+    assert ours == {job.pk}
+    stored = await fetch(job)
+    assert stored.state == JobState.SCHEDULED
+    assert stored.attempt == 2
+    assert stored.errors == []
+    assert stored.finished_at is None
+    delay = dt.timedelta(seconds=120)
+    assert before + delay <= stored.scheduled_at <= after + delay
+
+
+@pytest.mark.parametrize("delay", [float("inf"), float("nan"), 1e300, 1e13], ids=repr)
+async def test_ack_with_an_absurd_delay_still_lands_with_its_batch(conn, delay):
+    # A user's backoff() may return anything; one bad delay must not fail the batch.
+    absurd, fine = await make(), await make()
+    await queries.claim(conn, "default", 2, ME)
+    acks = [
+        Ack(absurd.pk, 1, JobState.RETRYABLE, error='{"error": "x"}', delay=delay),
+        Ack(fine.pk, 1, JobState.COMPLETED, result="1"),
+    ]
+    assert await queries.ack(conn, ME, acks) == {absurd.pk, fine.pk}
+    stored = await fetch(absurd)
+    assert stored.state == JobState.RETRYABLE
+    years = (stored.scheduled_at - await clock(conn)).days / 365.25
+    assert 9.9 < years <= 10
+    assert (await fetch(fine)).state == JobState.COMPLETED
+
+
+async def test_ack_merges_meta(conn):
+    job = await claimed_job(conn, meta={"keep": 1, "replace": "old"})
+    meta = codec.dumps({"replace": "new", "result_too_large": {"size": 9, "limit": 5}})
+    assert await queries.ack(conn, ME, [Ack(job.pk, 1, JobState.COMPLETED, meta=meta)]) == {job.pk}
+    stored = await fetch(job)
+    assert stored.meta == {"keep": 1, "replace": "new", "result_too_large": {"size": 9, "limit": 5}}
+    assert stored.result is None
+
+
+async def test_ack_writes_a_batch_in_one_call(conn):
+    jobs = [await make() for _ in range(3)]
+    await queries.claim(conn, "default", 3, ME)
+    acks = [
+        Ack(jobs[0].pk, 1, JobState.COMPLETED, result="1"),
+        Ack(jobs[1].pk, 1, JobState.SCHEDULED, delay=60, attempt_delta=-1),
+        Ack(jobs[2].pk, 1, JobState.CANCELLED),
+    ]
+    assert await queries.ack(conn, ME, acks) == {job.pk for job in jobs}
+    states = [(await fetch(job)).state for job in jobs]
+    assert states == ["completed", "scheduled", "cancelled"]
+
+
+async def assert_unchanged(job: Job) -> None:
+    stored = await fetch(job)
+    for field in ("state", "attempt", "attempted_by", "result", "errors", "scheduled_at"):
+        assert getattr(stored, field) == getattr(job, field), field
+    assert stored.finished_at is None
+
+
+async def test_ack_from_another_node_is_fenced_off(conn):
+    job = await claimed_job(conn, node=ME)
+    acks = [Ack(job.pk, 1, JobState.COMPLETED, result="1")]
+    assert await queries.ack(conn, OTHER, acks) == set()
+    await assert_unchanged(job)
+
+
+async def test_ack_of_another_attempt_is_fenced_off(conn):
+    job = await claimed_job(conn, attempt=1)  # now attempt 2
+    for attempt in (1, 3):
+        acks = [Ack(job.pk, attempt, JobState.COMPLETED, result="1")]
+        assert await queries.ack(conn, ME, acks) == set()
+    await assert_unchanged(job)
+
+
+async def test_ack_after_a_rescue_and_a_new_claim_changes_nothing(conn):
+    job = await claimed_job(conn, node=ME)  # ME never heartbeats: its job is an orphan
+    assert await queries.rescue(conn, 60) == [(job.pk, "available")]
+    late = [Ack(job.pk, 1, JobState.COMPLETED, result='"late"')]
+    assert await queries.ack(conn, ME, late) == set()
+    rescued = await fetch(job)
+    assert rescued.state == JobState.AVAILABLE and rescued.result is None
+
+    await claim_one(conn, job, OTHER)  # attempt 2, by another node
+    reclaimed = await fetch(job)
+    assert await queries.ack(conn, ME, late) == set()
+    assert await queries.ack(conn, ME, [Ack(job.pk, 2, JobState.COMPLETED, result="1")]) == set()
+    await assert_unchanged(reclaimed)
+    # The rightful owner's ack still lands.
+    ours = await queries.ack(conn, OTHER, [Ack(job.pk, 2, JobState.COMPLETED, result='"ok"')])
+    assert ours == {job.pk}
+    assert (await fetch(job)).result == "ok"
+
+
+async def test_ack_after_a_release_changes_nothing(conn):
+    job = await claimed_job(conn)
+    assert await queries.release(conn, ME, [job.pk]) == 1
+    released = await fetch(job)
+    assert await queries.ack(conn, ME, [Ack(job.pk, 1, JobState.COMPLETED, result="1")]) == set()
+    await assert_unchanged(released)
+
+
+async def test_ack_of_a_finished_job_is_not_repeated(conn):
+    job = await claimed_job(conn)
+    acks = [Ack(job.pk, 1, JobState.RETRYABLE, error='{"error": "x"}', delay=5)]
+    assert await queries.ack(conn, ME, acks) == {job.pk}
+    # A repeated batch (the acker retries after a lost connection) matches nothing.
+    assert await queries.ack(conn, ME, acks) == set()
+    assert len((await fetch(job)).errors) == 1
+
+
+async def test_a_fenced_ack_does_not_stop_the_rest_of_its_batch(conn):
+    mine = await claimed_job(conn, node=ME)
+    theirs = await claimed_job(conn, node=OTHER)
+    acks = [
+        Ack(mine.pk, 1, JobState.COMPLETED, result="1"),
+        Ack(theirs.pk, 1, JobState.COMPLETED, result="2"),
+        Ack(999_999_999, 1, JobState.COMPLETED, result="3"),
+    ]
+    assert await queries.ack(conn, ME, acks) == {mine.pk}
+    assert (await fetch(mine)).state == JobState.COMPLETED
+    await assert_unchanged(theirs)
+
+
+# -- rescue -----------------------------------------------------------------------------------
+
+
+async def test_rescue_requeues_jobs_of_a_node_with_a_stale_heartbeat(conn):
+    await heartbeat(conn, "node-dead", age=120)
+    job = await claimed_job(conn, node="node-dead", errors=[{"error": "older"}])
+    before = await clock(conn)
+    rows = await queries.rescue(conn, 60)
+    after = await clock(conn)
+    assert rows == [(job.pk, "available")]
+    stored = await fetch(job)
+    assert stored.state == JobState.AVAILABLE
+    assert stored.attempt == 1
+    assert stored.finished_at is None
+    assert len(stored.errors) == 2
+    entry = stored.errors[-1]
+    assert entry["kind"] == "rescued"
+    assert entry["attempt"] == 1
+    assert "node-dead" in entry["error"]
+    assert before <= dt.datetime.fromisoformat(entry["at"]) <= after
+    # The dead node is forgotten.
+    assert not await Node.objects.filter(pk="node-dead").aexists()
+
+
+async def test_rescue_requeues_jobs_of_a_node_without_a_heartbeat_row(conn):
+    job = await claimed_job(conn, node="node-never-seen")
+    assert await queries.rescue(conn, 60) == [(job.pk, "available")]
+    assert (await fetch(job)).errors[-1]["kind"] == "rescued"
+
+
+async def test_rescue_discards_a_job_whose_attempts_are_spent(conn):
+    job = await claimed_job(conn, node="node-dead", attempt=2, max_attempts=3)
+    before = await clock(conn)
+    assert await queries.rescue(conn, 60) == [(job.pk, "discarded")]
+    after = await clock(conn)
+    stored = await fetch(job)
+    assert stored.state == JobState.DISCARDED
+    assert before <= stored.finished_at <= after
+    assert stored.errors[-1]["kind"] == "rescued"
+
+
+async def test_rescue_leaves_a_live_nodes_jobs_alone(conn):
+    await heartbeat(conn, ME, age=10)  # recent enough for after=60
+    await heartbeat(conn, "node-dead", age=61)
+    live = await claimed_job(conn, node=ME)
+    dead = await claimed_job(conn, node="node-dead")
+    assert await queries.rescue(conn, 60) == [(dead.pk, "available")]
+    await assert_unchanged(live)
+    assert await Node.objects.filter(pk=ME).aexists()
+
+
+async def test_rescue_leaves_jobs_that_are_not_executing_alone(conn):
+    await heartbeat(conn, "node-dead", age=120)
+    others = [
+        await make(completed=True, attempted_by="node-dead"),
+        await make(retryable=True, attempted_by="node-dead"),
+        await make(scheduled=True),
+    ]
+    assert await queries.rescue(conn, 60) == []
+    for job in others:
+        stored = await fetch(job)
+        assert stored.state == job.state
+        assert stored.errors == job.errors
+
+
+# -- reconcile and release --------------------------------------------------------------------
+
+
+async def test_reconcile_gives_back_our_jobs_that_we_are_not_running(conn):
+    await heartbeat(conn, ME)
+    running = await claimed_job(conn, node=ME)
+    lost = [await claimed_job(conn, node=ME), await claimed_job(conn, node=ME)]
+    theirs = await claimed_job(conn, node=OTHER)
+    returned = await queries.reconcile(conn, ME, [running.pk])
+    assert sorted(returned) == sorted(job.pk for job in lost)
+    for job in lost:
+        stored = await fetch(job)
+        assert (stored.state, stored.attempt) == (JobState.AVAILABLE, 0)
+    await assert_unchanged(running)
+    await assert_unchanged(theirs)
+
+
+async def test_reconcile_with_nothing_running_gives_back_all_of_ours(conn):
+    jobs = [await claimed_job(conn, node=ME) for _ in range(2)]
+    assert sorted(await queries.reconcile(conn, ME, [])) == sorted(job.pk for job in jobs)
+
+
+async def test_release_returns_our_unfinished_jobs_with_the_attempt_given_back(conn):
+    mine = [await claimed_job(conn, node=ME, attempt=n) for n in (0, 4)]
+    theirs = await claimed_job(conn, node=OTHER)
+    done = await make(completed=True, attempted_by=ME)
+    ids = [*(job.pk for job in mine), theirs.pk, done.pk]
+    assert await queries.release(conn, ME, ids) == 2
+    assert [(await fetch(job)).attempt for job in mine] == [0, 4]
+    assert [(await fetch(job)).state for job in mine] == [JobState.AVAILABLE] * 2
+    await assert_unchanged(theirs)
+    assert (await fetch(done)).state == JobState.COMPLETED
+
+
+# -- stage and prune --------------------------------------------------------------------------
+
+
+async def test_stage_makes_due_scheduled_and_retryable_jobs_available(conn):
+    due = [
+        await make(state=JobState.SCHEDULED, scheduled_at=ago(1)),
+        await make(retryable=True, scheduled_at=ago(30)),
+    ]
+    future = [
+        await make(state=JobState.SCHEDULED, scheduled_at=ago(-3600)),
+        await make(retryable=True, scheduled_at=ago(-60)),
+    ]
+    untouched = [
+        await make(state=JobState.SUSPENDED, scheduled_at=ago(60)),
+        await make(completed=True),
+    ]
+    assert await queries.stage(conn) == 2
+    assert [(await fetch(job)).state for job in due] == ["available", "available"]
+    assert [(await fetch(job)).state for job in future] == ["scheduled", "retryable"]
+    assert [(await fetch(job)).state for job in untouched] == ["suspended", "completed"]
+    assert await queries.stage(conn) == 0
+
+
+async def test_stage_respects_its_limit(conn):
+    for n in range(3):
+        await make(state=JobState.SCHEDULED, scheduled_at=ago(10 - n))
+    assert await queries.stage(conn, limit=2) == 2
+    assert await Job.objects.filter(state="available").acount() == 2
+
+
+async def test_prune_deletes_only_finished_jobs_older_than_the_cutoff(conn):
+    day = 86_400
+    old_finished = [
+        await make(completed=True, finished_at=ago(2 * day)),
+        await make(discarded=True, finished_at=ago(2 * day)),
+        await make(cancelled=True, finished_at=ago(2 * day)),
+    ]
+    kept = [
+        await make(completed=True, finished_at=ago(3600)),
+        await make(scheduled_at=ago(10 * day)),
+        await make(retryable=True, scheduled_at=ago(10 * day)),
+        await make(executing=True, attempted_at=ago(10 * day)),
+    ]
+    assert await queries.prune(conn, day) == 3
+    remaining = {pk async for pk in Job.objects.values_list("pk", flat=True)}
+    assert remaining == {job.pk for job in kept}
+    assert not remaining & {job.pk for job in old_finished}
+
+
+# -- triggers: NOTIFY -------------------------------------------------------------------------
+
+
+async def test_inserting_available_jobs_notifies_their_queue(listener):
+    await EchoWorker.aenqueue({"value": 1}, queue="mail")
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "mail")]
+
+
+async def test_inserting_a_scheduled_job_does_not_notify(listener):
+    await EchoWorker.aenqueue({}, schedule_in=3600, queue="later")
+    await EchoWorker.aenqueue({}, queue="marker")
+    # Notifications arrive in commit order: the marker's is the first one.
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "marker")]
+
+
+async def test_one_insert_of_many_notifies_each_queue(listener):
+    from django_relay import aenqueue_many
+
+    await aenqueue_many(
+        [EchoWorker.new(queue="q1"), EchoWorker.new(queue="q2"), EchoWorker.new(queue="q1")]
+    )
+    notes = await collect(listener, 2)
+    assert sorted(notes) == [(queries.AVAILABLE_CHANNEL, "q1"), (queries.AVAILABLE_CHANNEL, "q2")]
+
+
+async def test_staging_notifies_the_queue(conn, listener):
+    await make(state=JobState.SCHEDULED, scheduled_at=ago(1), queue="staged")
+    assert await queries.stage(conn) == 1
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "staged")]
+
+
+async def test_claim_does_not_notify_but_leaving_executing_does(conn, listener):
+    job = await make(queue="work")
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "work")]
+    await claim_one(conn, job)
+    await queries.ack(conn, ME, [Ack(job.pk, 1, JobState.COMPLETED, result="1")])
+    # The first notification after the claim is the ack's: available -> executing sent none.
+    assert await collect(listener, 1) == [
+        (queries.FINISHED_CHANNEL, {"id": job.pk, "state": "completed"})
+    ]
+
+
+@pytest.mark.parametrize(
+    "ack",
+    [
+        {"state": JobState.RETRYABLE, "delay": 60, "error": '{"error": "x"}'},
+        {"state": JobState.DISCARDED, "error": '{"error": "x"}'},
+        {"state": JobState.CANCELLED},
+        {"state": JobState.SCHEDULED, "delay": 60, "attempt_delta": -1},
+    ],
+    ids=lambda ack: ack["state"],
+)
+async def test_every_way_out_of_executing_notifies_finished(conn, listener, ack):
+    job = await make(queue="work")
+    await claim_one(conn, job)
+    assert await queries.ack(conn, ME, [Ack(job.pk, 1, **ack)]) == {job.pk}
+    notes = await collect(listener, 2)
+    assert notes == [
+        (queries.AVAILABLE_CHANNEL, "work"),
+        (queries.FINISHED_CHANNEL, {"id": job.pk, "state": str(ack["state"])}),
+    ]
+
+
+async def test_rescue_notifies_finished_and_available(conn, listener):
+    job = await make(queue="work")
+    await claim_one(conn, job, node="node-dead")
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "work")]
+    await queries.rescue(conn, 60)
+    notes = await collect(listener, 2)
+    assert sorted(notes, key=str) == sorted(
+        [
+            (queries.AVAILABLE_CHANNEL, "work"),
+            (queries.FINISHED_CHANNEL, {"id": job.pk, "state": "available"}),
+        ],
+        key=str,
+    )
+
+
+async def test_cancelling_a_job_that_is_not_executing_notifies_finished(conn, listener):
+    job = await make(scheduled=True)
+    cancelled = await queries.cancel_unstarted(conn, [job.pk], "not needed")
+    assert cancelled == [job.pk]
+    assert await collect(listener, 1) == [
+        (queries.FINISHED_CHANNEL, {"id": job.pk, "state": "cancelled"})
+    ]
+    stored = await fetch(job)
+    assert stored.state == JobState.CANCELLED
+    assert stored.finished_at is not None
+    assert stored.errors[-1]["error"] == "not needed"
+
+
+async def test_moves_between_unfinished_states_do_not_notify_finished(conn, listener):
+    job = await make(scheduled=True)
+    await conn.execute("UPDATE django_relay_job SET state = 'retryable' WHERE id = %s", (job.pk,))
+    await conn.execute("UPDATE django_relay_job SET state = 'scheduled' WHERE id = %s", (job.pk,))
+    marker = await make(queue="marker")
+    assert marker.pk
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "marker")]
+
+
+async def test_an_update_that_keeps_the_state_does_not_notify(conn, listener):
+    job = await make(queue="work")
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "work")]
+    await conn.execute("UPDATE django_relay_job SET priority = 5 WHERE id = %s", (job.pk,))
+    await make(queue="marker")
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "marker")]
+
+
+async def test_notifications_wait_for_commit(conn, listener):
+    job = await make(scheduled=True, queue="tx")
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE django_relay_job SET state = 'available' WHERE id = %s", (job.pk,)
+        )
+        await make(queue="marker")  # committed at once, on Django's connection
+        assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "marker")]
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "tx")]
+
+
+async def test_claim_returns_a_batch_in_claim_order_whatever_the_join_plan(conn):
+    await sync_to_async(JobFactory.create_batch)(
+        300,
+        priority=factory.Iterator([5, 2, 9, 0, 3]),
+        scheduled_at=factory.LazyFunction(timezone.now),
+    )
+    # The plan a big table gets: a merge join on id, whose output is in id order.
+    await conn.execute("SET enable_nestloop = off")
+    await conn.execute("SET enable_hashjoin = off")
+    rows = await queries.claim(conn, "default", 300, ME)
+    priority, scheduled_at = (queries.JOB_COLUMNS.index(c) for c in ("priority", "scheduled_at"))
+    keys = [(row[priority], row[scheduled_at], row[0]) for row in rows]
+    assert len(keys) == 300
+    assert keys == sorted(keys)
