@@ -132,7 +132,9 @@ class Job(models.Model):
         "WorkflowRun", models.CASCADE, null=True, blank=True, related_name="jobs"
     )
     step = models.CharField(_("step"), max_length=64, null=True, blank=True)  # noqa: DJ001
-    deps = _json_field(verbose_name=_("depends on"), default=list, db_default=Value([]))
+    deps = _json_field(
+        verbose_name=_("depends on"), default=list, db_default=Value([], models.JSONField())
+    )
     ignore_cancelled = models.BooleanField(default=False, db_default=False)
     ignore_discarded = models.BooleanField(default=False, db_default=False)
 
