@@ -129,7 +129,12 @@ class Job(models.Model):
     # Workflow steps: the run, the step's name in it, the steps it waits for, and
     # whether it still runs when one of those is cancelled or discarded.
     workflow = models.ForeignKey(
-        "WorkflowRun", models.CASCADE, null=True, blank=True, related_name="jobs"
+        "WorkflowRun",
+        models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="jobs",
+        db_index=False,  # relay_job_workflow_step leads with it, for workflow rows only
     )
     step = models.CharField(_("step"), max_length=64, null=True, blank=True)  # noqa: DJ001
     deps = _json_field(
@@ -148,6 +153,9 @@ class Job(models.Model):
             ("retry_job", _("Can retry jobs")),
             ("cancel_job", _("Can cancel jobs")),
         ]
+        # Claims and acks rewrite every index of the row (the state column is in
+        # the partial indexes' predicates, so updates are never HOT): keep the
+        # indexes few and partial.
         indexes = [
             # The claim path: next available jobs of a queue in priority order.
             models.Index(
@@ -170,7 +178,6 @@ class Job(models.Model):
                 condition=models.Q(state__in=["completed", "discarded", "cancelled"]),
                 name="relay_job_prune",
             ),
-            models.Index(fields=["state", "queue"], name="relay_job_state_queue"),
         ]
         constraints = [
             models.CheckConstraint(

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
@@ -30,6 +31,8 @@ logger = logging.getLogger("django_relay")
 
 Handler = Callable[[str], None]
 PROBE_CHANNEL = "relay_probe"
+#: How long the pump waits for notifications before looking after its channels.
+_TICK = 0.05
 CHANNELS = (AVAILABLE_CHANNEL, FINISHED_CHANNEL, SIGNAL_CHANNEL)
 
 
@@ -51,6 +54,7 @@ class Notifier:
         self._probe_token = ""
         self.probe_ok = threading.Event()
         self._closers: list[Callable[[], Coroutine[Any, Any, Any]]] = []
+        self._live: dict[str, threading.Event] = {}
         self._serving: asyncio.Task[None] | None = None
 
     # -- any thread -----------------------------------------------------------
@@ -68,19 +72,28 @@ class Notifier:
     def listen(self, channel: str, handler: Handler) -> Callable[[], None]:
         """Call ``handler(payload)`` on the notifier thread for each NOTIFY on ``channel``.
 
-        Returns a function that removes the handler.
+        The first handler of a channel makes the notifier ``LISTEN`` to it (within
+        one pump tick); :meth:`live` tells when that is done. A process thus receives
+        only the notifications it has a use for: a runner that relays nothing never
+        reads the stream of finished jobs. Returns a function that removes the handler.
         """
         if channel not in CHANNELS:
             raise ValueError(f"the notifier does not LISTEN to {channel!r}")
         self.start()
         with self._lock:
             self._handlers[channel].append(handler)
+            self._live.setdefault(channel, threading.Event())
 
         def unlisten() -> None:
             with self._lock:
                 self._handlers[channel].remove(handler)
 
         return unlisten
+
+    def live(self, channel: str) -> threading.Event:
+        """Set while ``LISTEN channel`` is in effect on the current connection."""
+        with self._lock:
+            return self._live.setdefault(channel, threading.Event())
 
     def on_close(self, closer: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Await ``closer()`` on the notifier's loop when it stops (to close connections)."""
@@ -138,9 +151,8 @@ class Notifier:
         while True:
             try:
                 self._conn = await pg.connect(listen=True)
-                # Every channel at once, so "connected" means all of them are live.
-                for channel in (*CHANNELS, PROBE_CHANNEL):
-                    await self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                await self._listen(self._conn, PROBE_CHANNEL)
+                await self._listen_wanted(self._conn)
                 self.epoch += 1
                 self.connected.set()
                 delay = 0.05
@@ -152,6 +164,9 @@ class Notifier:
                 await self._pump(self._conn)
             except psycopg.Error as exc:
                 self.connected.clear()
+                with self._lock:
+                    for event in self._live.values():
+                        event.clear()
                 logger.warning("listener connection lost (%s); reconnecting in %.2fs", exc, delay)
                 if self._conn is not None:
                     await _close_quietly(self._conn)
@@ -176,12 +191,28 @@ class Notifier:
                 "by polling only."
             )
 
+    async def _listen(self, conn: psycopg.AsyncConnection, channel: str) -> None:
+        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+    async def _listen_wanted(self, conn: psycopg.AsyncConnection) -> None:
+        with self._lock:
+            pending = [(c, e) for c, e in self._live.items() if not e.is_set()]
+        for channel, event in pending:
+            await self._listen(conn, channel)
+            event.set()
+
     async def _pump(self, conn: psycopg.AsyncConnection) -> None:
-        ping = settings.LISTENER_PING_INTERVAL
+        # notifies() holds the connection for as long as it runs: return every
+        # tick to LISTEN to newly wanted channels and to ping now and then.
+        ping_every = settings.LISTENER_PING_INTERVAL
+        next_ping = time.monotonic() + ping_every
         while True:
-            async for note in conn.notifies(timeout=ping):
+            async for note in conn.notifies(timeout=_TICK):
                 self._dispatch(note.channel, note.payload)
-            await conn.execute("SELECT 1")  # health ping: a dead socket raises here
+            await self._listen_wanted(conn)
+            if time.monotonic() >= next_ping:
+                await conn.execute("SELECT 1")  # health ping: a dead socket raises here
+                next_ping = time.monotonic() + ping_every
 
     def _dispatch(self, channel: str, payload: str) -> None:
         if channel == PROBE_CHANNEL:

@@ -116,6 +116,7 @@ class _Registry:
         self._polls: list[tuple[float, int, _Waiter]] = []
         self._seq = itertools.count()
         self._ticking = False
+        self.primed = False
 
     def add(self, waiter: _Waiter) -> None:
         self.waiters.setdefault(waiter.job_id, set()).add(waiter)
@@ -213,13 +214,16 @@ def _registry() -> _Registry:
         return _current[1]
 
 
-async def _first_connection(notifier: Notifier, timeout: float) -> None:
-    # Only the first relay of a process waits for LISTEN; later outages are
-    # covered by the backup poll and the re-read on reconnect.
-    if notifier.epoch == 0 and not notifier.connected.is_set():
-        await asyncio.get_running_loop().run_in_executor(
-            None, notifier.connected.wait, min(timeout, 5.0)
-        )
+async def _listening(registry: _Registry, timeout: float) -> None:
+    # The first wait of a process lets LISTEN become live, so the first relay is
+    # not left to the backup poll. Later outages are covered by that poll and by
+    # the re-read on reconnect, so nobody waits for them here.
+    if registry.primed:
+        return
+    live = registry.notifier.live(queries.FINISHED_CHANNEL)
+    if not live.is_set():
+        await asyncio.get_running_loop().run_in_executor(None, live.wait, min(timeout, 5.0))
+    registry.primed = True
 
 
 async def _wait(
@@ -227,7 +231,7 @@ async def _wait(
 ) -> list[Outcome | None]:
     """Outcomes in the order given; None for a job not finished within ``timeout``."""
     registry = _registry()
-    await _first_connection(registry.notifier, timeout)
+    await _listening(registry, timeout)
     waiters = [
         _Waiter(job_id, with_retries=with_retries, poll_interval=poll_interval)
         for job_id in job_ids

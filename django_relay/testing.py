@@ -72,7 +72,9 @@ async def _run_one(job: Job, cursor: Any, with_safety: bool) -> str:
     if not with_safety and ack.state in ("retryable", "discarded"):
         _reraise(job, ack)
     await sync_to_async(cursor.execute)(queries.ACK, queries.ack_params(_NODE, [ack]))
-    await executor.report(klass, job, ack, started, acked=True)
+    sending = executor.report(klass, job, ack, started, acked=True)
+    if sending is not None:
+        await sending
     return ack.state
 
 

@@ -13,25 +13,33 @@ class Acker:
     """Collects acks and writes each batch in one statement.
 
     There is no timer: a batch is written as soon as the previous one is done, so
-    an idle runner acks at once and a busy one acks many jobs per round trip.
+    an idle runner acks at once and a busy one acks many jobs per round trip. A
+    job's slot is freed as soon as its ``process`` returns; until its ack lands the
+    job stays in :attr:`unsettled`, so nobody mistakes it for an orphan.
     """
 
     def __init__(self, node: str) -> None:
         self.node = node
         self.link = Link("ack")
         self._pending: list[tuple[queries.Ack, asyncio.Future[bool]]] = []
+        #: Ids of jobs whose ack is queued or being written.
+        self.unsettled: set[int] = set()
         self._kick = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="relay-acker")
 
-    async def submit(self, ack: queries.Ack) -> bool:
-        """Queue ``ack``; return once it is persisted, True if the attempt was still ours."""
+    def submit(self, ack: queries.Ack) -> asyncio.Future[bool]:
+        """Queue ``ack``; the future says, once it is persisted, if the attempt was ours."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((ack, future))
+        self.unsettled.add(ack.job_id)
+        self._idle.clear()
         self._kick.set()
-        return await future
+        return future
 
     async def _run(self) -> None:
         while True:
@@ -39,13 +47,25 @@ class Acker:
             self._kick.clear()
             batch, self._pending = self._pending, []
             if not batch:
+                self._idle.set()
                 continue
             acks = [ack for ack, _ in batch]
             # Repeating a batch is safe: an ack that already landed matches no row.
             ours = await self.link.run(partial(queries.ack, node=self.node, acks=acks))
             for ack, future in batch:
+                self.unsettled.discard(ack.job_id)
                 if not future.done():
                     future.set_result(ack.job_id in ours)
+            if not self._pending:
+                self._idle.set()
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every queued ack is written; False if ``timeout`` ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         if self._task is not None:

@@ -8,6 +8,7 @@ import inspect
 import logging
 import time
 import traceback
+from collections.abc import Coroutine
 from concurrent.futures import Executor
 from typing import Any
 
@@ -156,8 +157,10 @@ async def execute(job: Job, threads: Executor | None) -> tuple[type | None, Ack]
     return klass, decide(job, outcome, backoff=backoff, max_result_bytes=settings.MAX_RESULT_BYTES)
 
 
-async def report(klass: type | None, job: Job, ack: Ack, started: float, acked: bool) -> None:
-    """Log the outcome and send its dispatch signal, once the ack is persisted."""
+def report(
+    klass: type | None, job: Job, ack: Ack, started: float, acked: bool
+) -> Coroutine[Any, Any, object] | None:
+    """Log the outcome, once its ack is persisted; return its dispatch signal to send."""
     if not acked:
         logger.warning(
             "job %s: attempt %s was rescued or released meanwhile; its outcome (%s) was dropped",
@@ -165,7 +168,7 @@ async def report(klass: type | None, job: Job, ack: Ack, started: float, acked: 
             ack.attempt,
             ack.state,
         )
-        return
+        return None
     job.state = ack.state
     if logger.isEnabledFor(logging.INFO):
         logger.info(
@@ -178,5 +181,7 @@ async def report(klass: type | None, job: Job, ack: Ack, started: float, acked: 
             job.max_attempts,
         )
     signal = _OUTCOME_SIGNALS.get(ack.state)  # type: ignore[call-overload]
-    if signal is not None and signal.receivers:
-        await signal.asend(sender=klass, job=job)
+    if signal is None or not signal.receivers:
+        return None
+    # Async receivers run on the caller's loop, sync ones in a thread.
+    return signal.asend(sender=klass, job=job)  # type: ignore[no-any-return]

@@ -80,10 +80,10 @@ class Producer:
         except DecodeError as exc:
             # Never run a job we cannot read; discard it, saying why.
             entry = codec.dumps({"attempt": attempt, "kind": "decode", "error": str(exc)})
-            ack = queries.Ack(job_id, attempt, "discarded", error=entry)
-            task = asyncio.create_task(self._acker.submit(ack))
-        else:
-            task = asyncio.create_task(self._execute(job), name=f"relay-job-{job_id}")
+            self._acker.submit(queries.Ack(job_id, attempt, "discarded", error=entry))
+            logger.error("job %s cannot be decoded and was discarded: %s", job_id, exc)
+            return
+        task = asyncio.create_task(self._execute(job), name=f"relay-job-{job_id}")
         self.running[job_id] = task
         task.add_done_callback(lambda _: self._finished(job_id))
 
@@ -95,7 +95,21 @@ class Producer:
         started = time.perf_counter()
         try:
             klass, ack = await executor.execute(job, self._threads)
-            acked = await self._acker.submit(ack)
-            await executor.report(klass, job, ack, started, acked)
-        except Exception:  # a bug of ours, or a signal receiver's: never kill the runner
+        except Exception:  # a bug of ours: never kill the runner
             logger.exception("job %s: unexpected error in the runner", job.id)
+            return
+
+        # The slot frees now; the outcome is reported once the ack is written.
+        def reported(acked: asyncio.Future[bool]) -> None:
+            if acked.cancelled():
+                return
+            sending = executor.report(klass, job, ack, started, acked.result())
+            if sending is not None:
+                asyncio.ensure_future(sending).add_done_callback(_log_receiver_failure)
+
+        self._acker.submit(ack).add_done_callback(reported)
+
+
+def _log_receiver_failure(task: asyncio.Future[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("a job signal receiver failed", exc_info=task.exception())

@@ -49,7 +49,9 @@ class Runner:
         self.lifeline = Lifeline(self.node, self.queues, reconcile=self._reconcile)
 
     def running_ids(self) -> list[int]:
-        return [job_id for p in self.producers.values() for job_id in p.running]
+        """Jobs this runner owns: running, or finished with their ack not yet written."""
+        running = [job_id for p in self.producers.values() for job_id in p.running]
+        return [*running, *self.acker.unsettled]
 
     async def _claim(self, queue: str, limit: int) -> list[tuple]:
         async with self._claim_lock:
@@ -87,6 +89,9 @@ class Runner:
     async def run(self, stopping: asyncio.Event, *, grace: float | None = None) -> None:
         """Serve until ``stopping`` is set, then stop gracefully within ``grace`` seconds."""
         loop = asyncio.get_running_loop()
+        # A job's task runs at once until its first real wait: a short async
+        # process finishes without a trip through the event loop's queue.
+        loop.set_task_factory(asyncio.eager_task_factory)
         notifier = get_notifier()
         unlisten = notifier.listen(
             queries.AVAILABLE_CHANNEL, lambda queue: loop.call_soon_threadsafe(self._wake, queue)
@@ -136,7 +141,7 @@ class Runner:
             logger.info("stopping: waiting up to %gs for %s running jobs", grace, len(tasks))
             _, unfinished = await asyncio.wait(tasks, timeout=grace)
             if unfinished:
-                ids = self.running_ids()
+                ids = [job_id for p in self.producers.values() for job_id in p.running]
                 for task in unfinished:
                     task.cancel()
                 await asyncio.gather(*unfinished, return_exceptions=True)
@@ -145,6 +150,11 @@ class Runner:
                 )
                 logger.warning("stopping: gave back %s unfinished jobs: %s", released, ids)
         await asyncio.gather(upkeep, return_exceptions=True)
+        if not await self.acker.flush(timeout=10.0):
+            logger.warning(
+                "stopping: some outcomes could not be written; those jobs will be "
+                "rescued and run again"
+            )
         await self.acker.close()
         await self.lifeline.close()
         await self._claims.close()
