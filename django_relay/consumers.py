@@ -19,7 +19,7 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
     """
 
     @property
-    def channel_layer_alias(self) -> str:  # type: ignore[override]
+    def channel_layer_alias(self) -> str:
         # The layer the listener publishes to, not Channels' "default".
         return str(settings.CHANNEL_LAYER)
 

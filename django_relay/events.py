@@ -84,7 +84,7 @@ class _Publisher:
             return
         if self.loop.is_closed():
             return
-        for group in (job_group(message["id"]), ALL_JOBS_GROUP):
+        for group in (job_group(int(event["id"])), ALL_JOBS_GROUP):
             future = asyncio.run_coroutine_threadsafe(
                 self.layer.group_send(group, message), self.loop
             )

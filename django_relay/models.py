@@ -251,7 +251,7 @@ class Job(models.Model):
     def signal_wait(self) -> dict[str, Any] | None:
         """``{"n", "since", "deadline"}`` while snoozed in ``await_signal``, else None."""
         if self.state == JobState.SCHEDULED:
-            return self.meta.get("signal_wait")  # type: ignore[no-any-return]
+            return self.meta.get("signal_wait")
         return None
 
 

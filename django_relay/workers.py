@@ -136,7 +136,7 @@ def worker[T: type](
         klass.__relay_worker__ = path  # type: ignore[attr-defined]
         klass.__relay_options__ = options  # type: ignore[attr-defined]
         for name, method in _CLASS_METHODS.items():
-            setattr(klass, name, classmethod(method))
+            setattr(klass, name, classmethod(method))  # type: ignore[arg-type]
         if not hasattr(klass, "backoff"):
             klass.backoff = lambda self, job: default_backoff(job.attempt)  # type: ignore[attr-defined]
         _registry[path] = klass
@@ -146,9 +146,11 @@ def worker[T: type](
 
 
 def _validate_timeout(timeout: object) -> float | None:
-    if timeout is not None and (not _is_seconds(timeout) or timeout <= 0):
+    if timeout is None:
+        return None
+    if not _is_seconds(timeout) or float(timeout) <= 0:  # type: ignore[arg-type]
         raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
-    return timeout
+    return float(timeout)  # type: ignore[arg-type]
 
 
 def resolve(path: str) -> type:
@@ -176,7 +178,7 @@ def resolve(path: str) -> type:
 def options_of(klass: type) -> WorkerOptions:
     """The ``@worker`` options of a registered class."""
     try:
-        return klass.__relay_options__  # type: ignore[attr-defined,no-any-return]
+        return klass.__relay_options__  # type: ignore[attr-defined]
     except AttributeError:
         raise WorkerError(f"{klass.__qualname__} is not a @worker class") from None
 
@@ -311,7 +313,7 @@ def enqueue_many(jobs: Iterable[Job] | Any) -> list[Job]:
         EncodeError: a job's args or meta cannot be stored (nothing is inserted).
     """
     if hasattr(jobs, "enqueue") and not isinstance(jobs, Iterable):
-        return jobs.enqueue()  # type: ignore[no-any-return]  # a Workflow
+        return jobs.enqueue()  # a Workflow
     jobs = list(jobs)
     if not jobs:
         return []

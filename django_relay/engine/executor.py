@@ -19,7 +19,7 @@ from django_relay import codec, signals
 from django_relay.awaiting import WaitForSignal
 from django_relay.conf import settings
 from django_relay.context import current_job
-from django_relay.exceptions import WorkerError
+from django_relay.exceptions import EncodeError, WorkerError
 from django_relay.models import Job, JobState
 from django_relay.queries import Ack
 from django_relay.workers import Cancel, Snooze, options_of, resolve
@@ -95,7 +95,7 @@ def decide(job: Job, outcome: object, *, backoff: float, max_result_bytes: int) 
         # Completed all the same: retrying would produce the same oversized value.
         too_large = {"result_too_large": {"size": exc.size, "limit": exc.limit}}
         return Ack(job.id, job.attempt, JobState.COMPLETED, meta=codec.dumps(too_large))
-    except codec.EncodeError as exc:
+    except EncodeError as exc:
         return decide(job, exc, backoff=backoff, max_result_bytes=max_result_bytes)
     return Ack(job.id, job.attempt, JobState.COMPLETED, result=result)
 
@@ -184,4 +184,4 @@ def report(
     if signal is None or not signal.receivers:
         return None
     # Async receivers run on the caller's loop, sync ones in a thread.
-    return signal.asend(sender=klass, job=job)  # type: ignore[no-any-return]
+    return signal.asend(sender=klass, job=job)

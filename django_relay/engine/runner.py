@@ -93,11 +93,16 @@ class Runner:
         # process finishes without a trip through the event loop's queue.
         loop.set_task_factory(asyncio.eager_task_factory)
         notifier = get_notifier()
-        unlisten = notifier.listen(
-            queries.AVAILABLE_CHANNEL, lambda queue: loop.call_soon_threadsafe(self._wake, queue)
-        )
-        # A reconnected listener may have missed notifications: look again.
-        notifier.on_reconnect(lambda: loop.call_soon_threadsafe(self._wake_all))
+
+        def on_available(queue: str) -> None:
+            loop.call_soon_threadsafe(self._wake, queue)
+
+        def on_reconnect() -> None:
+            # A reconnected listener may have missed notifications: look again.
+            loop.call_soon_threadsafe(self._wake_all)
+
+        unlisten = notifier.listen(queries.AVAILABLE_CHANNEL, on_available)
+        notifier.on_reconnect(on_reconnect)
         await self.lifeline.beat()  # our node exists before we own any job
         self.acker.start()
         workers = [

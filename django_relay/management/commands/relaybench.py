@@ -21,10 +21,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from django_relay import pg, queries
-from django_relay.benchworkers import AddWorker, NoopWorker
+from django_relay.benchworkers import AddWorker as _AddWorker
+from django_relay.benchworkers import NoopWorker as _NoopWorker
 from django_relay.models import Job
 
 QUEUE = "relaybench"
+# @worker adds new/relay/... at run time, which type checkers cannot see.
+AddWorker: Any = _AddWorker
+NoopWorker: Any = _NoopWorker
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -89,7 +93,8 @@ class Command(BaseCommand):
         # Keep draining its log so the pipe never fills.
         import threading
 
-        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+        stdout = proc.stdout
+        threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
         return proc
 
     async def _run(self, options: dict[str, Any]) -> dict[str, float]:
