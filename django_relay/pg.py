@@ -60,7 +60,10 @@ class Link:
         self._conn: psycopg.AsyncConnection | None = None
         self._lock = asyncio.Lock()
 
-    async def run(self, fn: Callable[[psycopg.AsyncConnection], Awaitable[R]]) -> R:
+    async def run(
+        self, fn: Callable[[psycopg.AsyncConnection], Awaitable[R]], *, retry: bool = True
+    ) -> R:
+        """``fn(conn)``; with ``retry=False`` a connection error is raised, not retried."""
         delay = 0.05
         while True:
             try:
@@ -75,6 +78,9 @@ class Link:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
             except psycopg.OperationalError as exc:
+                if not retry:
+                    await self._discard()
+                    raise
                 logger.warning(
                     "%s connection failed (%s); retrying in %.2fs", self.name, exc, delay
                 )

@@ -67,11 +67,21 @@ class NewJob:
     ignore_discarded: bool = False
 
 
+def _insert_params(jobs: Sequence[NewJob]) -> list[list[Any]]:
+    return [[getattr(job, name) for job in jobs] for name in NewJob.__dataclass_fields__]
+
+
 def insert_jobs(cursor: Any, jobs: Sequence[NewJob]) -> list[tuple[Any, ...]]:
     """Insert ``jobs`` in one statement; return ``(id, state, scheduled_at, inserted_at)``."""
-    columns = [[getattr(job, name) for job in jobs] for name in NewJob.__dataclass_fields__]
-    cursor.execute(INSERT_JOBS, columns)
+    cursor.execute(INSERT_JOBS, _insert_params(jobs))
     return list(cursor.fetchall())
+
+
+async def ainsert_jobs(conn: AsyncConnection, jobs: Sequence[NewJob]) -> list[tuple[Any, ...]]:
+    """See insert_jobs(); on an async connection, in autocommit (relay's own inserts)."""
+    async with conn.cursor() as cur:
+        await cur.execute(INSERT_JOBS, _insert_params(jobs))
+        return await cur.fetchall()
 
 
 # -- the runner's hot path ----------------------------------------------------

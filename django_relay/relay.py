@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import AsyncToSync, async_to_sync, sync_to_async
 
-from django_relay import codec, queries
+from django_relay import codec, queries, signals
 from django_relay.conf import settings
 from django_relay.exceptions import (
     RelayCancelled,
@@ -36,7 +36,7 @@ from django_relay.exceptions import (
 from django_relay.models import TERMINAL_STATES, Job
 from django_relay.notifier import Notifier, get_notifier
 from django_relay.pg import Link
-from django_relay.workers import enqueue_many, ensure_not_in_transaction
+from django_relay.workers import encode, ensure_not_in_transaction, mark_saved, resolve
 
 logger = logging.getLogger("django_relay")
 
@@ -99,9 +99,14 @@ class _Waiter:
             self.loop.call_soon_threadsafe(_resolve, self.future, outcome)
 
 
-def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():  # it may have timed out meanwhile: drop the late news
-        future.set_result(outcome)
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 class _Registry:
@@ -111,6 +116,9 @@ class _Registry:
         self.notifier = notifier
         self.waiters: dict[int, set[_Waiter]] = {}
         self.link = Link("relay")
+        self.insert_link = Link("relay-insert")
+        self._inserts: list[tuple[queries.NewJob, _Waiter, asyncio.Future[Any]]] = []
+        self._inserting = False
         self._wanted: set[int] = set()
         self._reading = False
         self._polls: list[tuple[float, int, _Waiter]] = []
@@ -119,12 +127,45 @@ class _Registry:
         self.primed = False
 
     def add(self, waiter: _Waiter) -> None:
+        if not waiter.active:
+            return  # its caller gave up before it was registered
         self.waiters.setdefault(waiter.job_id, set()).add(waiter)
         heapq.heappush(self._polls, (waiter.next_poll, next(self._seq), waiter))
         self._want([waiter.job_id])  # subscribe, then check
         if not self._ticking:
             self._ticking = True
             asyncio.get_running_loop().create_task(self._tick())
+
+    def enqueue(
+        self, row: queries.NewJob, waiter: _Waiter, inserted: asyncio.Future[tuple[Any, ...]]
+    ) -> None:
+        """Insert ``row`` (with the others queued meanwhile), then wait on it."""
+        self._inserts.append((row, waiter, inserted))
+        if not self._inserting:
+            self._inserting = True
+            asyncio.get_running_loop().create_task(self._insert())
+
+    async def _insert(self) -> None:
+        try:
+            while self._inserts:
+                batch, self._inserts = self._inserts, []
+                rows = [row for row, _, _ in batch]
+                try:
+                    # Not retried: after a lost reply the job may exist; the callers
+                    # see the error, as they would from enqueue().
+                    returned = await self.insert_link.run(
+                        partial(queries.ainsert_jobs, jobs=rows), retry=False
+                    )
+                except Exception as exc:
+                    for _, waiter, inserted in batch:
+                        waiter.loop.call_soon_threadsafe(_fail, inserted, exc)
+                    continue
+                for (_, waiter, inserted), saved in zip(batch, returned, strict=True):
+                    waiter.job_id = saved[0]
+                    self.add(waiter)  # subscribe, then check
+                    waiter.loop.call_soon_threadsafe(_resolve, inserted, saved)
+        finally:
+            self._inserting = False
 
     def remove(self, waiter: _Waiter) -> None:
         waiter.active = False
@@ -210,6 +251,7 @@ def _registry() -> _Registry:
             notifier.listen(queries.FINISHED_CHANNEL, registry.on_finished)
             notifier.on_reconnect(registry.on_reconnect)
             notifier.on_close(registry.link.close)
+            notifier.on_close(registry.insert_link.close)
             _current = (notifier, registry)
         return _current[1]
 
@@ -238,6 +280,12 @@ async def _wait(
     ]
     for waiter in waiters:
         registry.notifier.call_soon(registry.add, waiter)
+    return await _outcomes(registry, waiters, timeout)
+
+
+async def _outcomes(
+    registry: _Registry, waiters: list[_Waiter], timeout: float
+) -> list[Outcome | None]:
     try:
         if waiters:
             await asyncio.wait([w.future for w in waiters], timeout=timeout)
@@ -246,6 +294,18 @@ async def _wait(
         for waiter in waiters:
             waiter.active = False
             registry.notifier.call_soon(registry.remove, waiter)
+
+
+async def _refuse_open_transaction(action: str) -> None:
+    """Raise ``RelayError`` when the caller waits inside an open transaction.
+
+    Async views cannot hold one (Django refuses ATOMIC_REQUESTS for them), so a
+    transaction can only belong to this thread (a loop run from sync code) or to
+    the sync thread that called us through ``async_to_sync``: ask it, only then.
+    """
+    ensure_not_in_transaction(action)
+    if getattr(AsyncToSync.executors, "current", None) is not None:
+        await sync_to_async(ensure_not_in_transaction)(action)
 
 
 def _job_id(job_or_id: Job | int) -> int:
@@ -289,7 +349,7 @@ async def await_result(
     """
     job_id = _job_id(job_or_id)
     timeout, poll_interval = _defaults(timeout, poll_interval)
-    await sync_to_async(ensure_not_in_transaction)("await_result()")
+    await _refuse_open_transaction("await_result()")
     [outcome] = await _wait(
         [job_id], timeout=timeout, poll_interval=poll_interval, with_retries=with_retries
     )
@@ -312,7 +372,7 @@ async def await_many(
     """
     job_ids = [_job_id(j) for j in jobs_or_ids]
     timeout, poll_interval = _defaults(timeout, poll_interval)
-    await sync_to_async(ensure_not_in_transaction)("await_many()")
+    await _refuse_open_transaction("await_many()")
     outcomes = await _wait(
         job_ids, timeout=timeout, poll_interval=poll_interval, with_retries=with_retries
     )
@@ -331,11 +391,6 @@ def _value_or_exception(job_id: int, outcome: Outcome | None, timeout: float) ->
         return exc
 
 
-def _enqueue_for_relay(job: Job) -> Job:
-    ensure_not_in_transaction("relay()")
-    return enqueue_many([job])[0]
-
-
 async def relay_job(
     job: Job,
     *,
@@ -346,23 +401,38 @@ async def relay_job(
 ) -> Any:
     """Enqueue ``job`` and wait for its result (``Worker.relay`` calls this).
 
+    The job is inserted on the listener's own connection, batched with the other
+    relays of the moment (a relay is never part of the caller's transaction: that
+    could not succeed, and is refused), and its waiter is registered before the
+    job can be seen as finished.
+
     With ``cancel_on_timeout``, a job that has not started when the caller gives
     up (timeout, or the awaiting task is cancelled) is cancelled.
     """
     timeout, poll_interval = _defaults(timeout, poll_interval)
-    await sync_to_async(_enqueue_for_relay)(job)
+    deadline = asyncio.get_running_loop().time() + timeout
+    await _refuse_open_transaction("relay()")
+    row = encode(job)
+    registry = _registry()
+    await _listening(registry, timeout)
+    waiter = _Waiter(0, with_retries=with_retries, poll_interval=poll_interval)
+    inserted: asyncio.Future[tuple[Any, ...]] = waiter.loop.create_future()
+    registry.notifier.call_soon(registry.enqueue, row, waiter, inserted)
     try:
-        [outcome] = await _wait(
-            [job.id], timeout=timeout, poll_interval=poll_interval, with_retries=with_retries
-        )
+        mark_saved([job], [await inserted])
+        if signals.job_enqueued.receivers:
+            await signals.job_enqueued.asend(sender=resolve(job.worker), job=job)
+        remaining = max(deadline - waiter.loop.time(), 0.0)
+        [outcome] = await _outcomes(registry, [waiter], remaining)
     except asyncio.CancelledError:
-        if cancel_on_timeout:
-            _give_up(job.id, "the relay was cancelled")
+        waiter.active = False
+        if cancel_on_timeout and job.pk is not None:
+            _give_up(job.pk, "the relay was cancelled")
         raise
     if outcome is None:
         if cancel_on_timeout:
-            _give_up(job.id, f"nobody waited for it after {timeout:g}s")
-        raise RelayTimeout(job.id, timeout)
+            _give_up(job.pk, f"nobody waited for it after {timeout:g}s")
+        raise RelayTimeout(job.pk, timeout)
     return outcome.unwrap()
 
 

@@ -280,7 +280,12 @@ _CLASS_METHODS = {
 # -- enqueueing many -------------------------------------------------------------
 
 
-def _encode(job: Job) -> queries.NewJob:
+def encode(job: Job) -> queries.NewJob:
+    """The row to insert for an unsaved job, its JSON encoded and size-checked.
+
+    Raises:
+        EncodeError: args or meta cannot be stored.
+    """
     if not isinstance(job, Job):
         raise TypeError(f"enqueue_many takes Job instances (from Worker.new()), not {job!r}")
     if not job._state.adding:
@@ -320,10 +325,18 @@ def enqueue_many(jobs: Iterable[Job] | Any) -> list[Job]:
     if len({id(job) for job in jobs}) != len(jobs):
         # It would be inserted twice, and keep only the last row's id.
         raise ValueError("enqueue_many was given the same Job instance twice")
-    rows = [_encode(job) for job in jobs]
-    alias = settings.DATABASE_ALIAS
-    with connections[alias].cursor() as cursor:
+    rows = [encode(job) for job in jobs]
+    with connections[settings.DATABASE_ALIAS].cursor() as cursor:
         returned = queries.insert_jobs(cursor, rows)
+    mark_saved(jobs, returned)
+    if signals.job_enqueued.receivers:
+        for job in jobs:
+            signals.job_enqueued.send(sender=_registry.get(job.worker), job=job)
+    return jobs
+
+
+def mark_saved(jobs: Iterable[Job], returned: Iterable[tuple[Any, ...]]) -> None:
+    """Give inserted jobs what the INSERT returned: ``(id, state, scheduled_at, inserted_at)``."""
     for job, (job_id, state, scheduled_at, inserted_at) in zip(jobs, returned, strict=True):
         job.id, job.state, job.scheduled_at, job.inserted_at = (
             job_id,
@@ -332,11 +345,7 @@ def enqueue_many(jobs: Iterable[Job] | Any) -> list[Job]:
             inserted_at,
         )
         job._state.adding = False
-        job._state.db = alias
-    if signals.job_enqueued.receivers:
-        for job in jobs:
-            signals.job_enqueued.send(sender=_registry.get(job.worker), job=job)
-    return jobs
+        job._state.db = settings.DATABASE_ALIAS
 
 
 async def aenqueue_many(jobs: Iterable[Job] | Any) -> list[Job]:
