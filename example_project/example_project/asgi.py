@@ -1,4 +1,8 @@
-"""ASGI entry point: ``uvicorn example_project.asgi:application``."""
+"""ASGI entry point: ``uvicorn example_project.asgi:application``.
+
+HTTP goes to Django; websockets at ``/ws/jobs/`` (all jobs) and
+``/ws/jobs/<id>/`` (one job) stream job events to staff users.
+"""
 
 import os
 
@@ -9,6 +13,25 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
 # Set Django up before importing anything that touches models.
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import path  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from django_relay.consumers import JobEventsConsumer  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(
+                URLRouter(
+                    [
+                        path("ws/jobs/", JobEventsConsumer.as_asgi()),
+                        path("ws/jobs/<int:job_id>/", JobEventsConsumer.as_asgi()),
+                    ]
+                )
+            )
+        ),
+    }
+)
