@@ -1,16 +1,30 @@
-"""Async views that relay jobs and await their results."""
+"""Async views that relay jobs and await their results, and an order approval flow."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
-from django.http import HttpRequest, JsonResponse
-from django.views.decorators.http import require_GET
+from asgiref.sync import sync_to_async
+from django import forms
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
 
-from django_relay import RelayError, RelayTimeout
+from django_relay import RelayError, RelayTimeout, Workflow
+from django_relay.models import WorkflowRun
 
-from .workers import CalculatorWorker, FraudCheckWorker, InventoryWorker, ShippingWorker
+from .workers import (
+    CalculatorWorker,
+    ChargeWorker,
+    FraudCheckWorker,
+    InventoryWorker,
+    OrderApprovalWorker,
+    ShippingWorker,
+)
 
 MAX_FRAUD_RISK = 0.5
 
@@ -101,3 +115,89 @@ async def order(request: HttpRequest) -> JsonResponse:
             "total": str(total),
         }
     )
+
+
+# -- the approval flow: /orders/new/ -> POST /orders/ -> /orders/<run_id>/ ------------
+
+
+class OrderForm(forms.Form):
+    item = forms.CharField(max_length=100)
+    amount = forms.DecimalField(min_value=Decimal("0.01"), max_digits=10, decimal_places=2)
+
+
+@require_GET
+def new_order(request: HttpRequest) -> HttpResponse:
+    """A plain form (with its CSRF token) that posts to ``/orders/``."""
+    return render(request, "example_app/order_new.html", {"form": OrderForm()})
+
+
+@require_POST
+async def create_order(request: HttpRequest) -> HttpResponse:
+    """Enqueue the order's workflow, approval -> charge, and show its status page."""
+    form = OrderForm(request.POST)
+    if not form.is_valid():
+        return render(request, "example_app/order_new.html", {"form": form}, status=400)
+    order = uuid.uuid4().hex[:12]
+    args = {
+        "order": order,
+        "item": form.cleaned_data["item"],
+        "amount": str(form.cleaned_data["amount"]),
+    }
+    workflow = (
+        Workflow(name=f"order-{order}")
+        .add("approval", OrderApprovalWorker.new(args))
+        .add("charge", ChargeWorker.new(args), deps=["approval"])
+    )
+    await workflow.aenqueue()
+    assert workflow.run is not None
+    return redirect("example_app:order_status", run_id=workflow.run.pk)
+
+
+@require_GET
+async def order_status(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Each step's state, the outcome once the workflow is done, links to decide it."""
+    try:
+        workflow = await Workflow.aload(run_id)
+    except WorkflowRun.DoesNotExist:
+        raise Http404("No such order.") from None
+    if not (workflow.name or "").startswith("order-") or set(workflow.steps) != {
+        "approval",
+        "charge",
+    }:
+        raise Http404("No such order.")  # some other workflow: not ours to show
+    state = await sync_to_async(workflow.state)()
+    approval, charge = workflow.steps["approval"].job, workflow.steps["charge"].job
+    return render(
+        request,
+        "example_app/order_status.html",
+        {
+            "order": approval.args,
+            "state": state,
+            "steps": [_step(name, step.job) for name, step in workflow.steps.items()],
+            "charge": charge.result if state == "completed" else None,
+            "reason": _failure(approval, charge) if state == "failed" else None,
+            "workflow_admin_url": reverse("admin:django_relay_workflowrun_change", args=[run_id]),
+        },
+    )
+
+
+def _step(name: str, job: Any) -> dict[str, Any]:
+    waiting = job.signal_wait is not None
+    return {
+        "name": name,
+        "state": "waiting for a signal" if waiting else job.state,
+        "admin_url": reverse("admin:django_relay_job_change", args=[job.pk]),
+        # The job list narrowed to this job: tick it, then "Approve" or "Decline".
+        "decide_url": reverse("admin:django_relay_job_changelist")
+        + f"?waiting=yes&id__exact={job.pk}"
+        if waiting
+        else None,
+    }
+
+
+def _failure(*jobs: Any) -> str:
+    # The first step that did not complete says why (a decline, a timeout, an error).
+    for job in jobs:
+        if job.state != "completed" and job.errors:
+            return str(job.errors[-1].get("error"))
+    return "unknown"

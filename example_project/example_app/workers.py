@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
-from django_relay import worker
+from django_relay import Cancel, SignalTimeout, adep_results, await_signal, worker
 
 
 @worker(queue="default")
@@ -68,3 +69,38 @@ class FraudCheckWorker:
 class ShippingWorker:
     async def process(self, job: Any) -> dict[str, Any]:
         return {"cost": 5}
+
+
+# The approval flow: a workflow of two steps, approval -> charge. The approval step
+# waits (for up to a day) for a human to approve or decline it in the admin.
+
+
+@worker(queue="default")
+class OrderApprovalWorker:
+    """Waits for ``{"decision": "approved" | "declined", "by": ...}``, e.g. from the admin."""
+
+    async def process(self, job: Any) -> Any:
+        try:
+            # Blocks a few seconds in place, then snoozes: no slot or connection is
+            # held while the order waits for someone to look at it.
+            decision = await await_signal(wait_for=timedelta(days=1))
+        except SignalTimeout:
+            return Cancel("no decision within a day")
+        if decision.get("decision") != "approved":
+            return Cancel(f"declined by {decision.get('by') or 'someone'}")
+        return {"order": job.args["order"], "approved_by": decision.get("by")}
+
+
+@worker(queue="default")
+class ChargeWorker:
+    """Charges an approved order; runs only once its ``approval`` step completed."""
+
+    async def process(self, job: Any) -> dict[str, Any]:
+        approval = (await adep_results(job))["approval"]
+        # A real worker would call the payment provider here, with the order id as
+        # its idempotency key: a retried charge must not charge twice.
+        return {
+            "order": job.args["order"],
+            "charged": job.args["amount"],
+            "approved_by": approval["approved_by"],
+        }
