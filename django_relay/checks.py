@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.checks import Error, Tags, Warning, register
 from django.db import connections
+from django.utils.module_loading import import_string
 
 from django_relay.conf import DEFAULTS, settings
 
@@ -122,3 +123,37 @@ def _check_queues(queues: object) -> list[Error | Warning]:
                 )
             )
     return errors
+
+
+@register()
+def check_channel_layer(app_configs: Any, **kwargs: Any) -> list[Error]:
+    """The layer job events go to exists and can be loaded (when events are on)."""
+    relay = getattr(django_settings, "RELAY", {})
+    if not isinstance(relay, dict) or not relay.get("PUBLISH_EVENTS", True):
+        return []
+    layers = getattr(django_settings, "CHANNEL_LAYERS", None) or {}
+    alias = relay.get("CHANNEL_LAYER", DEFAULTS["CHANNEL_LAYER"])
+    if alias not in layers:
+        if not layers and "CHANNEL_LAYER" not in relay:
+            return []  # no Channels set up at all: events are simply not published
+        known = ", ".join(map(repr, layers)) or "none"
+        return [
+            Error(
+                f"RELAY['CHANNEL_LAYER'] is {alias!r}, which is not in CHANNEL_LAYERS.",
+                hint=f"Layers configured: {known}. Name one of them, or set "
+                "RELAY['PUBLISH_EVENTS'] = False to publish no job events.",
+                id="django_relay.E007",
+            )
+        ]
+    backend = layers[alias].get("BACKEND") if isinstance(layers[alias], dict) else None
+    try:
+        import_string(str(backend))
+    except ImportError as exc:
+        return [
+            Error(
+                f"CHANNEL_LAYERS[{alias!r}]['BACKEND'] ({backend!r}) cannot be imported: {exc}",
+                hint="Install the layer's package or fix the dotted path.",
+                id="django_relay.E008",
+            )
+        ]
+    return []

@@ -153,9 +153,22 @@ class JSONEncoder(json.JSONEncoder):
         return super().encode(to_json(o))
 
 
+def _from_object_for_display(obj: dict[str, Any]) -> Any:
+    try:
+        return _from_object(obj)
+    except DecodeError:
+        return obj
+
+
 class JSONDecoder(json.JSONDecoder):
-    """For Django's ``JSONField(decoder=...)``: the same tag allow-list."""
+    """For Django's ``JSONField(decoder=...)``: the same tags, read for display.
+
+    Reading a row through the ORM (the admin, your queries) must not break on one
+    bad row, so a tagged value this codec refuses stays the plain JSON object it
+    is; nothing is ever built from it. Running a job, or reading a result for
+    ``relay``, goes through :func:`loads`, which refuses it.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["object_hook"] = _from_object
+        kwargs["object_hook"] = _from_object_for_display
         super().__init__(*args, **kwargs)

@@ -151,3 +151,19 @@ def test_search_by_id_and_args():
     assert f">{needle.pk}<".encode() in page.content and f">{hay.pk}<".encode() not in page.content
     page = client.get(CHANGELIST, {"q": str(hay.pk)})
     assert f">{hay.pk}<".encode() in page.content
+
+
+def test_a_row_the_codec_refuses_still_shows_in_the_admin():
+    client = csrf_client(staff())
+    job = ApprovalWorker.enqueue({})
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """UPDATE django_relay_job SET args = '{"x": {"__relay__": "pickle", "v": "AA"}}' """
+            "WHERE id = %s",
+            [job.pk],
+        )
+    assert client.get(CHANGELIST).status_code == 200
+    page = client.get(reverse("admin:django_relay_job_change", args=[job.pk]))
+    assert page.status_code == 200 and b"pickle" in page.content

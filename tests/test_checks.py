@@ -217,3 +217,35 @@ def test_w001_is_not_checked_when_the_numbers_themselves_are_bad():
         "django_relay.E005",
         "django_relay.E005",
     ]
+
+
+# -- the channel layer job events go to ------------------------------------------
+
+
+def _layer_errors(**overrides):
+    from django_relay.checks import check_channel_layer
+
+    with override_settings(**overrides):
+        return [(e.id, e.msg) for e in check_channel_layer(None)]
+
+
+def test_channel_layer_of_the_test_settings_is_fine():
+    assert _layer_errors() == []
+
+
+def test_no_channels_configured_means_no_events_and_no_error():
+    assert _layer_errors(CHANNEL_LAYERS={}) == []
+
+
+def test_a_missing_channel_layer_is_refused():
+    [(check_id, message)] = _layer_errors(RELAY={"CHANNEL_LAYER": "events"})
+    assert check_id == "django_relay.E007" and "'events'" in message
+    [(check_id, _)] = _layer_errors(CHANNEL_LAYERS={}, RELAY={"CHANNEL_LAYER": "events"})
+    assert check_id == "django_relay.E007"
+    assert _layer_errors(RELAY={"CHANNEL_LAYER": "events", "PUBLISH_EVENTS": False}) == []
+
+
+def test_a_wrong_channel_layer_backend_is_refused():
+    layers = {"default": {"BACKEND": "no_such_package.Layer"}}
+    [(check_id, message)] = _layer_errors(CHANNEL_LAYERS=layers)
+    assert check_id == "django_relay.E008" and "no_such_package.Layer" in message

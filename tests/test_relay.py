@@ -232,11 +232,13 @@ async def test_await_many_returns_results_in_input_order(start_runner, gate):
     start_runner()
     first = await GateWorker.aenqueue({"gate": str(gate), "value": "first"})
     others = [await EchoWorker.aenqueue({"value": i}) for i in range(5)]
-    waiting = asyncio.ensure_future(await_many([first, *[j.id for j in others]], timeout=15))
+    given = [first, *[j.id for j in others], others[0]]  # Job or id; a repeat too
+    waiting = asyncio.ensure_future(await_many(given, timeout=15))
     for job in others:  # the first job given finishes last
         await wait_for_state(job.id, "completed")
     gate.touch()
-    assert await waiting == ["first", 0, 1, 2, 3, 4]
+    assert await waiting == ["first", 0, 1, 2, 3, 4, 0]
+    await no_waiters_left()
 
 
 async def test_await_many_puts_exceptions_in_place_and_returns_partial_results(start_runner, gate):
@@ -269,7 +271,15 @@ async def test_await_many_puts_exceptions_in_place_and_returns_partial_results(s
 # -- mistakes caught ------------------------------------------------------------------
 
 
-def test_relay_sync_inside_atomic_raises_at_once(start_runner):
+async def test_await_result_of_a_missing_job_raises_at_once(transactional_db):
+    began = time.monotonic()
+    with pytest.raises(RelayError, match="there is no job 999999999") as info:
+        await await_result(999_999_999, timeout=10)
+    assert not isinstance(info.value, RelayTimeout)
+    assert time.monotonic() - began < 2.0
+
+
+def test_relay_sync_inside_atomic_raises_at_once():
     began = time.monotonic()
     with transaction.atomic(), pytest.raises(RelayError, match="transaction") as info:
         EchoWorker.relay_sync({"value": 1}, timeout=10)

@@ -165,6 +165,25 @@ def test_an_unregistered_worker_is_discarded_and_never_run(start_runner, tmp_pat
     assert runner.proc.poll() is None
 
 
+def test_a_row_whose_args_cannot_be_decoded_is_discarded_and_never_run(start_runner):
+    runner = start_runner()
+    job = EchoWorker.enqueue({"value": 1}, schedule_in=3600)
+    with connection.cursor() as cursor:  # as if written by something else, or tampered with
+        cursor.execute(
+            "UPDATE django_relay_job SET state = 'available', "
+            """args = '{"value": {"__relay__": "pickle", "v": "gANjb3MKc3lzdGVtCg=="}}' """
+            "WHERE id = %s",
+            [job.pk],
+        )
+    row = wait_for_state(job, "discarded")
+    [error] = row.errors
+    assert error["kind"] == "decode"
+    assert "unknown tagged value 'pickle'" in error["error"]
+    # The runner goes on serving.
+    assert wait_for_state(EchoWorker.enqueue({"value": 2}), "completed").result == 2
+    assert runner.proc.poll() is None
+
+
 def test_priority_order_with_concurrency_one(start_runner, tmp_path):
     log = str(tmp_path / "order")
     priorities = [5, 0, 9, 3, 0, 7, 1]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from functools import partial
 
 from django_relay import queries
 from django_relay.pg import Link
+
+logger = logging.getLogger("django_relay")
 
 
 class Acker:
@@ -49,15 +52,35 @@ class Acker:
             if not batch:
                 self._idle.set()
                 continue
-            acks = [ack for ack, _ in batch]
-            # Repeating a batch is safe: an ack that already landed matches no row.
-            ours = await self.link.run(partial(queries.ack, node=self.node, acks=acks))
+            ours = await self._write([ack for ack, _ in batch])
             for ack, future in batch:
                 self.unsettled.discard(ack.job_id)
                 if not future.done():
                     future.set_result(ack.job_id in ours)
             if not self._pending:
                 self._idle.set()
+
+    async def _write(self, acks: list[queries.Ack]) -> set[int]:
+        """Write ``acks``; the ids that were still ours.
+
+        Repeating a write is safe (an ack that landed matches no row again), so a
+        connection failure is simply retried. Any other error means one ack the
+        database refuses: write the others one by one, and leave that job to be
+        given back by the reconcile duty rather than stop acking for everyone.
+        """
+        try:
+            return await self.link.run(partial(queries.ack, node=self.node, acks=acks))
+        except Exception:
+            if len(acks) == 1:
+                logger.exception(
+                    "job %s: its outcome could not be written; it will be given back and run again",
+                    acks[0].job_id,
+                )
+                return set()
+        ours: set[int] = set()
+        for ack in acks:
+            ours |= await self._write([ack])
+        return ours
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every queued ack is written; False if ``timeout`` ran out first."""

@@ -6,9 +6,10 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import math
 import time
 import traceback
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from typing import Any
 
@@ -22,7 +23,7 @@ from django_relay.context import current_job
 from django_relay.exceptions import EncodeError, WorkerError
 from django_relay.models import Job, JobState
 from django_relay.queries import Ack
-from django_relay.workers import Cancel, Snooze, options_of, resolve
+from django_relay.workers import Cancel, Snooze, default_backoff, options_of, resolve
 
 logger = logging.getLogger("django_relay")
 
@@ -48,8 +49,14 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def decide(job: Job, outcome: object, *, backoff: float, max_result_bytes: int) -> Ack:
-    """Map what ``process`` produced (a value or an exception) to the ack to persist."""
+def decide(
+    job: Job, outcome: object, *, backoff: float | Callable[[], float], max_result_bytes: int
+) -> Ack:
+    """Map what ``process`` produced (a value or an exception) to the ack to persist.
+
+    ``backoff`` is the retry delay, or a function giving it: it is asked for only
+    when the attempt is retried (a raise, or a result the codec refuses).
+    """
     match outcome:
         case WaitForSignal(seconds=seconds, wait=wait, seen=seen):
             # Waiting is not failing: the attempt is given back, like a snooze.
@@ -85,7 +92,7 @@ def decide(job: Job, outcome: object, *, backoff: float, max_result_bytes: int) 
                 job.attempt,
                 JobState.RETRYABLE,
                 error=_error(job, "error", describe(exc), tb),
-                delay=backoff,
+                delay=backoff() if callable(backoff) else backoff,
             )
     try:
         result = (
@@ -147,14 +154,27 @@ async def execute(job: Job, threads: Executor | None) -> tuple[type | None, Ack]
         outcome = exc
     finally:
         current_job.reset(token)
-    backoff = 0.0
-    if isinstance(outcome, BaseException) and job.attempt < job.max_attempts:
-        try:
-            backoff = float(instance.backoff(job))
-        except Exception:
-            logger.exception("job %s: %s.backoff() failed; retrying in 15s", job.id, job.worker)
-            backoff = 15.0
-    return klass, decide(job, outcome, backoff=backoff, max_result_bytes=settings.MAX_RESULT_BYTES)
+    return klass, decide(
+        job,
+        outcome,
+        backoff=lambda: _backoff(instance, job),
+        max_result_bytes=settings.MAX_RESULT_BYTES,
+    )
+
+
+def _backoff(instance: Any, job: Job) -> float:
+    """The worker's ``backoff(job)``, or the default when it fails or is not sensible."""
+    try:
+        seconds = float(instance.backoff(job))
+    except Exception:
+        logger.exception("job %s: %s.backoff() failed; using the default", job.id, job.worker)
+        return default_backoff(job.attempt)
+    if not math.isfinite(seconds) or seconds < 0:
+        logger.error(
+            "job %s: %s.backoff() returned %r; using the default", job.id, job.worker, seconds
+        )
+        return default_backoff(job.attempt)
+    return seconds
 
 
 def report(
