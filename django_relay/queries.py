@@ -358,13 +358,14 @@ CANCEL_UNSTARTED = """
 UPDATE django_relay_job SET state = 'cancelled', finished_at = now(),
     errors = errors || jsonb_build_array(jsonb_build_object(
         'attempt', attempt, 'at', now(), 'kind', 'cancel', 'error', %s::text))
-WHERE id = ANY(%s::bigint[]) AND state IN ('available', 'scheduled', 'retryable', 'suspended')
+WHERE id = ANY(%s::bigint[]) AND attempted_at IS NULL
+  AND state IN ('available', 'scheduled', 'suspended')
 RETURNING id
 """
 
 
 async def cancel_unstarted(conn: AsyncConnection, job_ids: Sequence[int], reason: str) -> list[int]:
-    """Cancel the jobs that are not running and not finished; return their ids."""
+    """Cancel the jobs that never started; return their ids."""
     async with conn.cursor() as cur:
         await cur.execute(CANCEL_UNSTARTED, (reason, list(job_ids)))
         return [row[0] for row in await cur.fetchall()]
