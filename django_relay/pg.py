@@ -40,11 +40,7 @@ async def connect(*, listen: bool = False) -> psycopg.AsyncConnection:
     """Open an autocommit connection (for LISTEN, ``RELAY["LISTEN_DSN"]`` if set)."""
     if listen and settings.LISTEN_DSN:
         return await psycopg.AsyncConnection.connect(settings.LISTEN_DSN, autocommit=True)
-    conn = await psycopg.AsyncConnection.connect(**connect_kwargs(), autocommit=True)
-    # Our statements take arrays whose length varies from 1 to thousands: a generic
-    # plan (used once a statement is prepared) can be much slower than a custom one.
-    await conn.execute("SET plan_cache_mode = force_custom_plan")
-    return conn
+    return await psycopg.AsyncConnection.connect(**connect_kwargs(), autocommit=True)
 
 
 class Link:

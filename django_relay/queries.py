@@ -176,7 +176,8 @@ UPDATE django_relay_job AS j SET
 FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::text[], %s::float8[],
             %s::int[], %s::text[], %s::int[])
      AS a(id, attempt, state, result, error, delay, attempt_delta, meta, signals_seen)
-WHERE j.id = a.id AND j.state = 'executing' AND j.attempted_by = %s AND j.attempt = a.attempt
+WHERE j.id = a.id AND j.id = ANY(%s::bigint[])
+  AND j.state = 'executing' AND j.attempted_by = %s AND j.attempt = a.attempt
 RETURNING j.id
 """
 
@@ -188,7 +189,9 @@ async def ack(conn: AsyncConnection, node: str, acks: Sequence[Ack]) -> set[int]
     attempt that was rescued or released meanwhile matches nothing.
     """
     async with conn.cursor() as cur:
-        await cur.execute(ACK, ack_params(node, acks))
+        # Never prepared: a generic plan cannot see how long the arrays are, guesses
+        # a handful of rows and joins them in a nested loop, quadratic in the batch.
+        await cur.execute(ACK, ack_params(node, acks), prepare=False)
         return {row[0] for row in await cur.fetchall()}
 
 
@@ -205,7 +208,9 @@ def ack_params(node: str, acks: Sequence[Ack]) -> tuple[Any, ...]:
         [a.meta for a in acks],
         [a.signals_seen for a in acks],
     ]
-    return (*columns, node)
+    # The ids twice: "j.id = ANY(ids)" keeps even a generic (prepared) plan on the
+    # primary key, whatever the batch size.
+    return (*columns, columns[0], node)
 
 
 RELEASE = """

@@ -316,3 +316,16 @@ def test_bad_queues_option_exits_nonzero_with_a_clear_message(queues, message):
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert "ready" not in done.stderr + done.stdout
+
+
+def test_a_burst_of_jobs_is_drained_with_bounded_ack_batches(start_runner):
+    # Regression: with slots freed before acks land, claims once outran the acker and
+    # one ack statement grew to tens of thousands of rows with a quadratic plan.
+    enqueue_many([EchoWorker.new({"value": i}) for i in range(5000)])
+    start_runner("default=100")
+    wait_for(
+        lambda: not Job.objects.exclude(state="completed").exists(),
+        timeout=60,
+        message="5000 jobs to complete",
+    )
+    assert Job.objects.filter(state="completed", attempt=1).count() == 5000

@@ -95,3 +95,20 @@ def test_claimed_rows_match_the_model_field_order():
     from django_relay.queries import JOB_COLUMNS
 
     assert list(JOB_COLUMNS) == [f.attname for f in Job._meta.concrete_fields]
+
+
+def test_a_claimed_row_builds_the_same_job_as_the_orm():
+    from django.db import connection
+
+    from django_relay import queries
+    from django_relay.engine.producer import build_job
+
+    job = CountUsersWorker.enqueue({"prefix": "x", "when": __import__("datetime").date(2026, 1, 2)})
+    with connection.cursor() as cursor:
+        cursor.execute(queries.CLAIM, ("drain", 10, "node"))
+        [row] = cursor.fetchall()
+    built, loaded = build_job(row), Job.objects.get(pk=job.pk)
+    for field in Job._meta.concrete_fields:
+        assert getattr(built, field.attname) == getattr(loaded, field.attname), field.name
+    assert not built._state.adding and built._state.db == "default"
+    assert built.workflow is None and built.pk == job.pk

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from functools import partial
 
 from django_relay import queries
 from django_relay.pg import Link
 
 logger = logging.getLogger("django_relay")
+
+#: Acks written by one statement at most.
+MAX_BATCH = 1000
 
 
 class Acker:
@@ -21,8 +25,9 @@ class Acker:
     job stays in :attr:`unsettled`, so nobody mistakes it for an orphan.
     """
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, on_settled: Callable[[], None] | None = None) -> None:
         self.node = node
+        self._on_settled = on_settled
         self.link = Link("ack")
         self._pending: list[tuple[queries.Ack, asyncio.Future[bool]]] = []
         #: Ids of jobs whose ack is queued or being written.
@@ -48,7 +53,9 @@ class Acker:
         while True:
             await self._kick.wait()
             self._kick.clear()
-            batch, self._pending = self._pending, []
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            if self._pending:
+                self._kick.set()  # more than one batch waits: go round again
             if not batch:
                 self._idle.set()
                 continue
@@ -57,6 +64,8 @@ class Acker:
                 self.unsettled.discard(ack.job_id)
                 if not future.done():
                     future.set_result(ack.job_id in ours)
+            if self._on_settled is not None:
+                self._on_settled()
             if not self._pending:
                 self._idle.set()
 

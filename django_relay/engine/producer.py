@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
+from django.db.models.base import ModelState
+
 from django_relay import codec, queries
 from django_relay.conf import settings
 from django_relay.engine import executor
@@ -30,7 +32,14 @@ def build_job(row: tuple) -> Job:
     values = list(row)
     for index in _JSON_COLUMNS:
         values[index] = codec.loads(values[index])
-    return Job.from_db(settings.DATABASE_ALIAS, queries.JOB_COLUMNS, values)
+    # What Model.from_db() does, minus the pre_init/post_init dispatch that
+    # Model.__init__ sends: at thousands of jobs a second that dispatch shows up.
+    job = Job.__new__(Job)
+    job.__dict__.update(zip(queries.JOB_COLUMNS, values, strict=True))
+    job._state = ModelState()
+    job._state.adding = False
+    job._state.db = settings.DATABASE_ALIAS
+    return job
 
 
 class Producer:
@@ -47,21 +56,36 @@ class Producer:
         self._threads = threads
         self.running: dict[int, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        # The last claim took every free slot, so more jobs may be waiting: a slot
+        # that frees up is a reason to claim again. Otherwise the queue was drained
+        # and only a NOTIFY (or the poll) brings news.
+        self._saturated = False
 
     def wake(self) -> None:
         """Look for work now (a NOTIFY came, or a slot was freed)."""
         self._wake.set()
 
+    def settled(self) -> None:
+        """Acks were written: if we were held back, look for work again."""
+        if self._saturated:
+            self._wake.set()
+
     async def run(self, stopping: asyncio.Event) -> None:
         """Claim and start jobs until ``stopping`` is set."""
         while not stopping.is_set():
             self._wake.clear()
-            free = self.limit - len(self.running)
-            if free > 0:
+            # Acks in flight count against the slots beyond one batch of them, so
+            # claiming never outruns writing outcomes (backpressure on a slow acker).
+            backlog = max(len(self._acker.unsettled) - self.limit, 0)
+            free = self.limit - len(self.running) - backlog
+            if free <= 0:
+                self._saturated = True  # woken when a slot frees or acks land
+            else:
                 rows = await self._claim(self.queue, free)
                 for row in rows:
                     self._start(row)
-                if len(rows) == free:
+                self._saturated = len(rows) == free
+                if self._saturated:
                     continue  # maybe more: claim again as soon as slots free up
             waiter = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stopping.wait())
@@ -89,7 +113,8 @@ class Producer:
 
     def _finished(self, job_id: int) -> None:
         del self.running[job_id]
-        self._wake.set()
+        if self._saturated:
+            self._wake.set()
 
     async def _execute(self, job: Job) -> None:
         started = time.perf_counter()

@@ -29,7 +29,7 @@ class Runner:
         self.threads = ThreadPoolExecutor(
             max_workers=max(1, sum(queues.values())), thread_name_prefix="relay-job"
         )
-        self.acker = Acker(self.node)
+        self.acker = Acker(self.node, on_settled=self._settled)
         self._claims = Link("claim")
         # Held around each claim and each reconcile: a reconcile must never see a
         # claimed row before its job is in a producer's running set.
@@ -81,6 +81,10 @@ class Runner:
         producer = self.producers.get(queue)
         if producer is not None:
             producer.wake()
+
+    def _settled(self) -> None:
+        for producer in self.producers.values():
+            producer.settled()
 
     def _wake_all(self) -> None:
         for producer in self.producers.values():
