@@ -68,7 +68,7 @@ def runner_started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict[str, int]
             self.queues = queues
             self.failed = False
 
-        async def run(self, stopping: Any, grace: Any = None) -> None:
+        async def run(self, stopping: Any, grace: Any = None, on_ready: Any = None) -> None:
             started.append((self.queues, grace))
 
     monkeypatch.setattr(relayworker, "Runner", RecordingRunner)

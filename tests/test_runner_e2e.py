@@ -329,3 +329,10 @@ def test_a_burst_of_jobs_is_drained_with_bounded_ack_batches(start_runner):
         message="5000 jobs to complete",
     )
     assert Job.objects.filter(state="completed", attempt=1).count() == 5000
+
+
+def test_log_level_warning_drops_job_lines_but_still_says_ready(start_runner):
+    runner = start_runner(extra_args=["--log-level", "WARNING"])
+    assert wait_for_state(EchoWorker.enqueue({"value": 3}), "completed").result == 3
+    assert not any(" completed in " in line for line in runner.lines)
+    assert sum("ready: queues default=10" in line for line in runner.lines) == 1

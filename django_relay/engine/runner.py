@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from django_relay import queries
@@ -47,6 +48,10 @@ class Runner:
         }
         self.failed = False
         self.lifeline = Lifeline(self.node, self.queues, reconcile=self._reconcile)
+
+    def ready_line(self) -> str:
+        queues = ", ".join(f"{q}={n}" for q, n in self.queues.items())
+        return f"relayworker {self.node} ready: queues {queues}"
 
     def running_ids(self) -> list[int]:
         """Jobs this runner owns: running, or finished with their ack not yet written."""
@@ -90,7 +95,13 @@ class Runner:
         for producer in self.producers.values():
             producer.wake()
 
-    async def run(self, stopping: asyncio.Event, *, grace: float | None = None) -> None:
+    async def run(
+        self,
+        stopping: asyncio.Event,
+        *,
+        grace: float | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
         """Serve until ``stopping`` is set, then stop gracefully within ``grace`` seconds."""
         loop = asyncio.get_running_loop()
         # A job's task runs at once until its first real wait: a short async
@@ -114,11 +125,9 @@ class Runner:
             for p in self.producers.values()
         ]
         upkeep = asyncio.create_task(self.lifeline.run(stopping), name="relay-lifeline")
-        logger.info(
-            "relayworker %s ready: queues %s",
-            self.node,
-            ", ".join(f"{q}={n}" for q, n in self.queues.items()),
-        )
+        logger.info("%s", self.ready_line())
+        if on_ready is not None:
+            on_ready()
         try:
             # A producer or the lifeline ending on its own is a bug: stop rather than
             # linger as a runner that heartbeats but runs nothing.

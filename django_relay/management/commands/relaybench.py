@@ -51,9 +51,15 @@ class Command(BaseCommand):
             help="the runner's concurrency on the bench queue",
         )
         parser.add_argument("--json", action="store_true", help="print JSON only")
+        parser.add_argument(
+            "--runner-log-level",
+            default="WARNING",
+            help="the bench runner's --log-level (INFO logs every job)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         Job.objects.filter(queue=QUEUE).delete()
+        self.runner_log_level = options["runner_log_level"]
         runner = self._start_runner(options["concurrency"])
         try:
             runs = [asyncio.run(self._run(options)) for _ in range(options["runs"])]
@@ -78,7 +84,15 @@ class Command(BaseCommand):
     def _start_runner(self, concurrency: int) -> subprocess.Popen[str]:
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"]}
         proc = subprocess.Popen(
-            [sys.executable, sys.argv[0], "relayworker", "--queues", f"{QUEUE}={concurrency}"],
+            [
+                sys.executable,
+                sys.argv[0],
+                "relayworker",
+                "--queues",
+                f"{QUEUE}={concurrency}",
+                "--log-level",
+                self.runner_log_level,
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
