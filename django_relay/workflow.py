@@ -89,8 +89,15 @@ class Workflow:
             raise WorkflowError(f"step {name!r}: expected a Job from Worker.new(), not {job!r}")
         if not job._state.adding:
             raise WorkflowError(f"step {name!r}: job {job.pk} is already enqueued")
-        if job.workflow_id is not None or any(s.job is job for s in self.steps.values()):
-            raise WorkflowError(f"step {name!r}: this job already belongs to a workflow")
+        owner = getattr(job, "_relay_workflow", None)
+        if job.workflow_id is not None or (owner is not None and owner is not self):
+            raise WorkflowError(f"step {name!r}: this job already belongs to another workflow")
+        if any(s.job is job for s in self.steps.values()):
+            raise WorkflowError(
+                f"step {name!r}: this job is already step "
+                f"{next(s.name for s in self.steps.values() if s.job is job)!r}"
+            )
+        job._relay_workflow = self  # type: ignore[attr-defined]
         deps = (deps,) if isinstance(deps, str) else tuple(deps)
         self.steps[name] = _Step(name, job, deps, ignore_cancelled, ignore_discarded)
         return self

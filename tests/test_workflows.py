@@ -177,6 +177,13 @@ def test_validation_errors_insert_nothing():
         )
     assert not Job.objects.exists() and not WorkflowRun.objects.exists()
 
+    shared = StepWorker.new({})
+    Workflow().add("x", shared)
+    with pytest.raises(WorkflowError, match="already belongs to another workflow"):
+        Workflow().add("y", shared)
+    with pytest.raises(WorkflowError, match="already step 'x'"):
+        Workflow().add("x", (job := StepWorker.new({}))).add("z", job)
+
     first = Workflow().add("a", StepWorker.new({}))
     first.enqueue()
     with pytest.raises(WorkflowError, match="already enqueued"):
@@ -202,3 +209,48 @@ def test_load_states_cancel_and_mermaid():
     assert loaded.cancel() == 3
     assert loaded.states() == {"approval": "cancelled", "charge": "cancelled", "ship": "cancelled"}
     assert loaded.state() == "failed"
+
+
+async def test_ignore_cancelled_lets_a_dependent_run_after_a_decline(start_runner):
+    start_runner()
+    workflow = order_workflow().add(
+        "notify", StepWorker.new({}), deps=["approval"], ignore_cancelled=True
+    )
+    await workflow.aenqueue()
+    await await_for(lambda: _waiting(workflow.steps["approval"].job.id), message="waiting")
+    await workflow.signal("approval", {"decision": "declined"})
+    with pytest.raises(RelayCancelled):
+        await workflow.relay(timeout=15)
+    states = await sync_to_async(workflow.states)()
+    assert states == {"approval": "cancelled", "charge": "cancelled", "notify": "completed"}
+
+
+async def test_pruning_keeps_the_steps_of_an_unfinished_workflow():
+    from django.db.models import F
+
+    from django_relay import pg, queries
+
+    running = (
+        Workflow(name="running")
+        .add("done", StepWorker.new({}))
+        .add("held", StepWorker.new({}), deps=["done"])
+    )
+    finished = Workflow(name="finished").add("done", StepWorker.new({}))
+    loose = StepWorker.new({})
+    await running.aenqueue()
+    await finished.aenqueue()
+    await sync_to_async(enqueue_many)([loose])
+    # "done" steps and the loose job finished a day ago; "held" still waits.
+    old = {
+        "state": "completed",
+        "finished_at": F("inserted_at") - __import__("datetime").timedelta(days=1),
+    }
+    await Job.objects.filter(step="done").aupdate(**old)
+    await Job.objects.filter(pk=loose.pk).aupdate(**old)
+    await Job.objects.filter(step="held").aupdate(state="suspended")
+
+    async with await pg.connect() as conn:
+        assert await queries.prune(conn, older_than=3600) == 2
+    remaining = {(j.workflow_id, j.step) async for j in Job.objects.all()}
+    assert remaining == {(running.run.pk, "done"), (running.run.pk, "held")}
+    assert [r.pk async for r in WorkflowRun.objects.all()] == [running.run.pk]
