@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
 from django_relay.models import Job, JobSignal
+from tests.admin_client import AdminClient, staff_user
 from tests.signal_workers import ApprovalWorker
 
 pytestmark = pytest.mark.django_db
@@ -17,26 +18,15 @@ CHANGELIST = reverse("admin:django_relay_job_changelist")
 
 
 def staff(*codenames: str) -> User:
-    name = "staff-" + "-".join(codenames or ("none",))
-    user, _ = User.objects.get_or_create(username=name, defaults={"is_staff": True})
-    perms = Permission.objects.filter(
-        content_type__app_label="django_relay", codename__in=["view_job", *codenames]
-    )
-    user.user_permissions.add(*perms)
-    return user
+    return staff_user("view_job", *codenames)
 
 
-def csrf_client(user: User) -> Client:
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(user)
-    client.get(CHANGELIST)  # sets the CSRF cookie
-    return client
+def csrf_client(user: User) -> AdminClient:
+    return AdminClient(user, CHANGELIST)
 
 
-def post(client: Client, data: dict) -> object:
-    return client.post(
-        CHANGELIST, {**data, "csrfmiddlewaretoken": client.cookies["csrftoken"].value}
-    )
+def post(client: AdminClient, data: dict) -> object:
+    return client.post(data)
 
 
 def waiting_job(**args) -> Job:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -12,6 +12,7 @@ from django.urls import reverse
 
 from django_relay import Workflow
 from django_relay.models import Job, WorkflowRun
+from tests.admin_client import AdminClient, staff_user
 from tests.signal_workers import ApprovalWorker
 from tests.workflow_workers import ChargeWorker, StepWorker
 
@@ -21,27 +22,15 @@ CHANGELIST = reverse("admin:django_relay_workflowrun_changelist")
 
 
 def staff(*codenames: str, view_jobs: bool = True) -> User:
-    name = "staff-" + "-".join(codenames or ("none",)) + ("" if view_jobs else "-nojobs")
-    user, _ = User.objects.get_or_create(username=name, defaults={"is_staff": True})
-    perms = Permission.objects.filter(
-        content_type__app_label="django_relay",
-        codename__in=["view_workflowrun", *(["view_job"] if view_jobs else []), *codenames],
-    )
-    user.user_permissions.add(*perms)
-    return user
+    return staff_user("view_workflowrun", *(["view_job"] if view_jobs else []), *codenames)
 
 
-def csrf_client(user: User) -> Client:
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(user)
-    client.get(CHANGELIST)  # sets the CSRF cookie
-    return client
+def csrf_client(user: User) -> AdminClient:
+    return AdminClient(user, CHANGELIST)
 
 
-def post(client: Client, data: dict) -> object:
-    return client.post(
-        CHANGELIST, {**data, "csrfmiddlewaretoken": client.cookies["csrftoken"].value}
-    )
+def post(client: AdminClient, data: dict) -> object:
+    return client.post(data)
 
 
 def order(name: str, approval: str = "approval") -> Workflow:
