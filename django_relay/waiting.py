@@ -1,0 +1,264 @@
+"""The waiters of this process, served by its listener (see :mod:`django_relay.relay`).
+
+A waiter is registered on the listener's loop before its job is read (subscribe,
+then check). Each ``relay_finished`` NOTIFY names a job; the registry reads the
+outcomes of every notified job in one query and wakes their waiters on the
+waiters' own loops. A backup poll re-reads a waiter's job every ``poll_interval``
+(all waiters due in a tick in one query), so a lost notification costs at most
+that, and a reconnection re-reads every waited job. Jobs that relay() enqueues
+are inserted here too, batched, on the listener's own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from django_relay import codec, queries
+from django_relay.exceptions import (
+    RelayCancelled,
+    RelayDiscard,
+    RelayError,
+    ResultTooLarge,
+)
+from django_relay.models import TERMINAL_STATES
+from django_relay.notifier import Notifier, get_notifier
+from django_relay.pg import Link
+
+logger = logging.getLogger("django_relay")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a waiter learns of its job: one row of ``queries.fetch_outcomes``."""
+
+    job_id: int
+    state: str | None  # None: there is no such job
+    result: str | None = None
+    error: str | None = None
+    too_large: dict[str, int] | None = None
+
+    def is_final(self, with_retries: bool) -> bool:
+        if self.state is None or self.state in TERMINAL_STATES:
+            return True
+        return self.state == "retryable" and not with_retries
+
+    def exception(self) -> RelayError | None:
+        """The error this outcome stands for, or None when it carries a value."""
+        match self.state:
+            case None:
+                return RelayError(f"there is no job {self.job_id} (never enqueued, or pruned)")
+            case "completed" if self.too_large:
+                return ResultTooLarge(
+                    self.job_id, self.too_large.get("size"), self.too_large.get("limit")
+                )
+            case "completed":
+                return None
+            case "cancelled":
+                return RelayCancelled(self.job_id, self.error)
+            case state:
+                return RelayDiscard(self.job_id, self.error, state=state)
+
+    def unwrap(self) -> Any:
+        """The job's result, or raise the exception for how it ended."""
+        exc = self.exception()
+        if exc is not None:
+            raise exc
+        return codec.loads(self.result)
+
+
+class Waiter:
+    __slots__ = ("active", "future", "job_id", "loop", "next_poll", "poll_interval", "with_retries")
+
+    def __init__(self, job_id: int, *, with_retries: bool, poll_interval: float) -> None:
+        self.job_id = job_id
+        self.with_retries = with_retries
+        self.poll_interval = poll_interval
+        self.next_poll = time.monotonic() + poll_interval
+        self.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[Outcome] = self.loop.create_future()
+        self.active = True
+
+    def offer(self, outcome: Outcome) -> None:
+        """Called on the listener's thread with a fresh read of the job."""
+        if self.active and outcome.is_final(self.with_retries):
+            self.active = False
+            self.loop.call_soon_threadsafe(_resolve, self.future, outcome)
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():  # it may have timed out meanwhile: drop the late news
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class Registry:
+    """The waiters of this process, by job id. Lives on the listener's loop."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self.waiters: dict[int, set[Waiter]] = {}
+        self.link = Link("relay")
+        self.insert_link = Link("relay-insert")
+        self._inserts: list[tuple[queries.NewJob, Waiter, asyncio.Future[Any]]] = []
+        self._inserting = False
+        self._wanted: set[int] = set()
+        self._reading = False
+        self._polls: list[tuple[float, int, Waiter]] = []
+        self._seq = itertools.count()
+        self._ticking = False
+        self.primed = False
+
+    def add(self, waiter: Waiter) -> None:
+        if not waiter.active:
+            return  # its caller gave up before it was registered
+        self.waiters.setdefault(waiter.job_id, set()).add(waiter)
+        heapq.heappush(self._polls, (waiter.next_poll, next(self._seq), waiter))
+        self._want([waiter.job_id])  # subscribe, then check
+        if not self._ticking:
+            self._ticking = True
+            asyncio.get_running_loop().create_task(self._tick())
+
+    def enqueue(
+        self, row: queries.NewJob, waiter: Waiter, inserted: asyncio.Future[tuple[Any, ...]]
+    ) -> None:
+        """Insert ``row`` (with the others queued meanwhile), then wait on it."""
+        self._inserts.append((row, waiter, inserted))
+        if not self._inserting:
+            self._inserting = True
+            asyncio.get_running_loop().create_task(self._insert())
+
+    async def _insert(self) -> None:
+        try:
+            while self._inserts:
+                batch, self._inserts = self._inserts, []
+                rows = [row for row, _, _ in batch]
+                try:
+                    # Not retried: after a lost reply the job may exist; the callers
+                    # see the error, as they would from enqueue().
+                    returned = await self.insert_link.run(
+                        partial(queries.ainsert_jobs, jobs=rows), retry=False
+                    )
+                except Exception as exc:
+                    for _, waiter, inserted in batch:
+                        waiter.loop.call_soon_threadsafe(_fail, inserted, exc)
+                    continue
+                for (_, waiter, inserted), saved in zip(batch, returned, strict=True):
+                    waiter.job_id = saved[0]
+                    self.add(waiter)  # subscribe, then check
+                    waiter.loop.call_soon_threadsafe(_resolve, inserted, saved)
+        finally:
+            self._inserting = False
+
+    def remove(self, waiter: Waiter) -> None:
+        waiter.active = False
+        waiters = self.waiters.get(waiter.job_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self.waiters[waiter.job_id]
+
+    def on_finished(self, payload: str) -> None:
+        try:
+            job_id = int(json.loads(payload)["id"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignoring a malformed relay_finished payload: %r", payload[:200])
+            return
+        if job_id in self.waiters:
+            self._want([job_id])
+
+    def on_reconnect(self) -> None:
+        # Notifications sent while we were away are gone: read every waited job.
+        self._want(list(self.waiters))
+
+    def _want(self, job_ids: Iterable[int]) -> None:
+        self._wanted.update(job_ids)
+        if self._wanted and not self._reading:
+            self._reading = True
+            asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        # Ids wanted while a read is in flight wait for the next one: one query each.
+        try:
+            while self._wanted:
+                job_ids, self._wanted = list(self._wanted), set()
+                rows = await self.link.run(partial(queries.fetch_outcomes, job_ids=job_ids))
+                found = {row[0]: Outcome(*row) for row in rows}
+                for job_id in job_ids:
+                    outcome = found.get(job_id) or Outcome(job_id, None)
+                    for waiter in list(self.waiters.get(job_id, ())):
+                        waiter.offer(outcome)
+        except Exception:
+            logger.exception("reading job outcomes failed; the backup poll retries")
+        finally:
+            self._reading = False
+
+    async def _tick(self) -> None:
+        """The backup poll: one query per tick for every waiter whose poll is due."""
+        try:
+            while self.waiters:
+                now = time.monotonic()
+                due: list[int] = []
+                while self._polls and self._polls[0][0] <= now:
+                    _, _, waiter = heapq.heappop(self._polls)
+                    if waiter.active:
+                        due.append(waiter.job_id)
+                        waiter.next_poll = now + waiter.poll_interval
+                        heapq.heappush(self._polls, (waiter.next_poll, next(self._seq), waiter))
+                if due:
+                    self._want(due)
+                pause = self._polls[0][0] - now if self._polls else 0.05
+                await asyncio.sleep(min(max(pause, 0.005), 0.05))
+        finally:
+            self._ticking = False
+            self._polls = [p for p in self._polls if p[2].active]
+
+    async def cancel_unstarted(self, job_id: int, reason: str) -> None:
+        try:
+            await self.link.run(lambda conn: queries.cancel_unstarted(conn, [job_id], reason))
+        except Exception:
+            logger.exception("could not cancel job %s after its waiter gave up", job_id)
+
+
+_current: tuple[Notifier, Registry] | None = None
+_current_lock = threading.Lock()
+
+
+def get_registry() -> Registry:
+    """This process's registry, hooked to this process's notifier."""
+    global _current
+    notifier = get_notifier()
+    with _current_lock:
+        if _current is None or _current[0] is not notifier:
+            registry = Registry(notifier)
+            notifier.listen(queries.FINISHED_CHANNEL, registry.on_finished)
+            notifier.on_reconnect(registry.on_reconnect)
+            notifier.on_close(registry.link.close)
+            notifier.on_close(registry.insert_link.close)
+            _current = (notifier, registry)
+        return _current[1]
+
+
+async def listening(registry: Registry, timeout: float) -> None:
+    # The first wait of a process lets LISTEN become live, so the first relay is
+    # not left to the backup poll. Later outages are covered by that poll and by
+    # the re-read on reconnect, so nobody waits for them here.
+    if registry.primed:
+        return
+    live = registry.notifier.live(queries.FINISHED_CHANNEL)
+    if not live.is_set():
+        await asyncio.get_running_loop().run_in_executor(None, live.wait, min(timeout, 5.0))
+    registry.primed = True
