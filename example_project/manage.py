@@ -18,7 +18,12 @@ for entry in (HERE.parent, HERE):
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+    from django.conf import settings
     from django.core.management import execute_from_command_line
+    from example_project.dburl import ensure_database
+
+    if ensure_database(settings.DATABASES["default"]):
+        print(f"Created the database {settings.DATABASES['default']['NAME']!r}.")
 
     execute_from_command_line(sys.argv)
 

@@ -50,3 +50,32 @@ def parse(url: str) -> dict[str, Any]:
         "PORT": str(port) if port is not None else "",
         "OPTIONS": dict(parse_qsl(parts.query)),
     }
+
+
+def ensure_database(settings_dict: dict[str, Any]) -> bool:
+    """Create the example's database if the server lacks it; True if it was created.
+
+    A convenience for trying the example on a fresh server, so that ``migrate``
+    is the first command: Django itself never creates databases.
+    """
+    import psycopg
+    from psycopg import sql
+
+    params = {
+        "host": settings_dict.get("HOST") or None,
+        "port": settings_dict.get("PORT") or None,
+        "user": settings_dict.get("USER") or None,
+        "password": settings_dict.get("PASSWORD") or None,
+        **settings_dict.get("OPTIONS", {}),
+    }
+    params = {key: value for key, value in params.items() if value is not None}
+    name = settings_dict["NAME"]
+    try:
+        psycopg.connect(dbname=name, **params).close()
+        return False
+    except psycopg.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return True
