@@ -62,7 +62,7 @@ class Notifier:
     def start(self) -> None:
         """Start the thread (once); returns at once."""
         with self._lock:
-            if self._thread is None:
+            if self._thread is None and self.loop is None:
                 self._thread = threading.Thread(
                     target=self._main, name="relay-notifier", daemon=True
                 )
@@ -99,6 +99,20 @@ class Notifier:
         """Await ``closer()`` on the notifier's loop when it stops (to close connections)."""
         with self._lock:
             self._closers.append(closer)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Serve on ``loop`` (the caller's, running) instead of a thread of its own.
+
+        A runner process has one loop that matters: serving there saves a thread
+        hop on every wake-up. Returns False if the notifier already started.
+        """
+        with self._lock:
+            if self._thread is not None or self.loop is not None:
+                return False
+            self.loop = loop
+            self._serving = loop.create_task(self._serve(), name="relay-notifier")
+        self._started.set()
+        return True
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close the connections and end the thread (tests; a process exit needs none)."""

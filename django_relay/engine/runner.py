@@ -108,6 +108,7 @@ class Runner:
         # process finishes without a trip through the event loop's queue.
         loop.set_task_factory(asyncio.eager_task_factory)
         notifier = get_notifier()
+        notifier.attach(loop)  # LISTEN on this loop: no thread between NOTIFY and claim
 
         def on_available(queue: str) -> None:
             loop.call_soon_threadsafe(self._wake, queue)
