@@ -128,11 +128,11 @@ def test_approve_one_order_and_decline_another_with_a_real_runner(start_runner):
     client = csrf_client()
     approved, declined = place_order(client), place_order(client, "kettle", "30.00")
 
-    def executing(workflow: Workflow) -> bool:
-        # In its live wait: the job holds its slot, blocked in await_signal.
-        return workflow.states()["approval"] == "executing"
+    def waiting(workflow: Workflow) -> bool:
+        # In its live wait (executing) or, after wait_timeout, snoozed (scheduled).
+        return workflow.states()["approval"] in ("executing", "scheduled")
 
-    wait_for(lambda: executing(approved) and executing(declined), message="approvals waiting")
+    wait_for(lambda: waiting(approved) and waiting(declined), message="approvals waiting")
     assert approved.signal_sync("approval", {"decision": "approved", "by": "ann"}) == 1
     assert declined.signal_sync("approval", {"decision": "declined", "by": "bob"}) == 1
 
