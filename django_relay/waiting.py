@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import psycopg
+
 from django_relay import codec, queries
 from django_relay.exceptions import (
     RelayCancelled,
@@ -100,6 +102,18 @@ def _resolve(future: asyncio.Future[Any], value: Any) -> None:
         future.set_result(value)
 
 
+def _enqueue_failed(exc: Exception) -> Exception:
+    if not isinstance(exc, psycopg.OperationalError):
+        return exc
+    error = RelayError(
+        f"relay() could not enqueue its job: the database connection failed ({exc}). "
+        "It was not retried, since a retry could run the job twice; retry the relay "
+        "if the job is safe to repeat."
+    )
+    error.__cause__ = exc
+    return error
+
+
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
@@ -153,8 +167,9 @@ class Registry:
                         partial(queries.ainsert_jobs, jobs=rows), retry=False
                     )
                 except Exception as exc:
+                    error = _enqueue_failed(exc)
                     for _, waiter, inserted in batch:
-                        waiter.loop.call_soon_threadsafe(_fail, inserted, exc)
+                        waiter.loop.call_soon_threadsafe(_fail, inserted, error)
                     continue
                 for (_, waiter, inserted), saved in zip(batch, returned, strict=True):
                     waiter.job_id = saved[0]
