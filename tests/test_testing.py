@@ -39,6 +39,14 @@ class FanOutWorker:
         return Cancel("bottom reached")
 
 
+@worker(queue="drain")
+class SnoozingWorker:
+    async def process(self, job: Any) -> Any:
+        from django_relay import Snooze
+
+        return Snooze(3600)
+
+
 def test_drain_runs_jobs_inside_the_test_transaction(django_user_model):
     django_user_model.objects.create(username="ann")
     django_user_model.objects.create(username="anna")
@@ -112,3 +120,45 @@ def test_a_claimed_row_builds_the_same_job_as_the_orm():
         assert getattr(built, field.attname) == getattr(loaded, field.attname), field.name
     assert not built._state.adding and built._state.db == "default"
     assert built.workflow is None and built.pk == job.pk
+
+
+def test_lifecycle_dispatch_signals_are_sent_with_the_job():
+    from django_relay import signals
+
+    seen: list[tuple[str, object, str]] = []
+
+    def receiver(signal_name):
+        def receive(sender, job, **kwargs):
+            seen.append((signal_name, sender, job.state))
+
+        return receive
+
+    names = [
+        "job_enqueued",
+        "job_started",
+        "job_completed",
+        "job_failed",
+        "job_discarded",
+        "job_cancelled",
+        "job_snoozed",
+    ]
+    receivers = {name: receiver(name) for name in names}
+    for name, receive in receivers.items():
+        getattr(signals, name).connect(receive)
+    try:
+        CountUsersWorker.enqueue({"prefix": "z"})
+        FailingWorker.enqueue({"n": 3})
+        FanOutWorker.enqueue({"n": 0})
+        drain(with_scheduled=True)
+        SnoozingWorker.enqueue({})
+        assert drain() == {"scheduled": 1}
+    finally:
+        for name, receive in receivers.items():
+            getattr(signals, name).disconnect(receive)
+    assert ("job_completed", CountUsersWorker, "completed") in seen
+    assert ("job_failed", FailingWorker, "retryable") in seen
+    assert ("job_discarded", FailingWorker, "discarded") in seen
+    assert ("job_cancelled", FanOutWorker, "cancelled") in seen
+    assert ("job_snoozed", SnoozingWorker, "scheduled") in seen
+    assert sum(name == "job_enqueued" for name, _, _ in seen) == 4
+    assert sum(name == "job_started" for name, _, _ in seen) == 5  # the retry too
