@@ -63,7 +63,6 @@ class Workflow:
         name: str,
         job: Job,
         deps: Iterable[str] = (),
-        *,
         ignore_cancelled: bool = False,
         ignore_discarded: bool = False,
     ) -> Workflow:

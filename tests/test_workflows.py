@@ -254,3 +254,11 @@ async def test_pruning_keeps_the_steps_of_an_unfinished_workflow():
     remaining = {(j.workflow_id, j.step) async for j in Job.objects.all()}
     assert remaining == {(running.run.pk, "done"), (running.run.pk, "held")}
     assert [r.pk async for r in WorkflowRun.objects.all()] == [running.run.pk]
+
+
+def test_add_takes_the_spec_signature_positionally():
+    workflow = (
+        Workflow().add("a", StepWorker.new({})).add("b", StepWorker.new({}), ["a"], True, True)
+    )
+    step = workflow.steps["b"]
+    assert (step.deps, step.ignore_cancelled, step.ignore_discarded) == (("a",), True, True)
