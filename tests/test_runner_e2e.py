@@ -215,6 +215,24 @@ def test_sigterm_lets_a_running_job_finish_and_exits_zero(start_runner, gate, tm
     assert "gave back" not in runner.output
 
 
+def test_a_second_sigint_exits_at_once_and_the_job_is_rescued_later(start_runner, gate, tmp_path):
+    started = tmp_path / "started"
+    runner = start_runner()
+    job = GateWorker.enqueue({"gate": str(gate), "started": str(started), "value": "done"})
+    wait_for(started.exists, message="the job to start")
+    runner.signal(signal.SIGINT)
+    runner.wait_for_line("stopping: waiting")  # graceful: it waits for the running job
+    began = time.monotonic()
+    runner.signal(signal.SIGINT)
+    assert runner.proc.wait(5) != 0
+    assert time.monotonic() - began < 2.0
+    assert reload(job).state == "executing"  # left as it was: the lifeline rescues it
+    start_runner()
+    gate.touch()
+    row = wait_for_state(job, "completed", timeout=20)
+    assert (row.result, row.attempt) == ("done", 2)
+
+
 @pytest.mark.parametrize("worker", [GateWorker, SyncGateWorker], ids=["async", "sync"])
 def test_sigterm_gives_back_a_job_longer_than_the_grace_period(
     start_runner, gate, tmp_path, worker
