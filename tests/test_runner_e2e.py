@@ -354,3 +354,13 @@ def test_log_level_warning_drops_job_lines_but_still_says_ready(start_runner):
     assert wait_for_state(EchoWorker.enqueue({"value": 3}), "completed").result == 3
     assert not any(" completed in " in line for line in runner.lines)
     assert sum("ready: queues default=10" in line for line in runner.lines) == 1
+
+
+def test_a_job_can_relay_to_another_job_from_async_and_sync_process(start_runner):
+    from tests.workflow_workers import NestedRelayWorker, SyncNestedRelayWorker
+
+    start_runner("default=4")
+    outer = NestedRelayWorker.enqueue({"value": "a"})
+    sync_outer = SyncNestedRelayWorker.enqueue({"value": "s"})
+    assert wait_for_state(outer, "completed").result == {"inner": "a"}
+    assert wait_for_state(sync_outer, "completed").result == {"inner": "s"}

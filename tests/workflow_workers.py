@@ -30,3 +30,21 @@ class ChargeWorker:
 class BrokenWorker:
     async def process(self, job: Any) -> Any:
         raise RuntimeError("always broken")
+
+
+@worker(queue="default")
+class NestedRelayWorker:
+    """Relays to another job from inside a job (the runner's own listener serves it)."""
+
+    async def process(self, job: Any) -> Any:
+        from tests.workers import EchoWorker
+
+        return {"inner": await EchoWorker.relay({"value": job.args["value"]}, timeout=10)}
+
+
+@worker(queue="default")
+class SyncNestedRelayWorker:
+    def process(self, job: Any) -> Any:
+        from tests.workers import EchoWorker
+
+        return {"inner": EchoWorker.relay_sync({"value": job.args["value"]}, timeout=10)}
