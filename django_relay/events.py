@@ -9,7 +9,6 @@ an event says which job changed state; a consumer reads the row if it needs more
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from concurrent.futures import Future
@@ -17,7 +16,7 @@ from typing import Any
 
 from django_relay.conf import settings
 from django_relay.notifier import get_notifier
-from django_relay.queries import FINISHED_CHANNEL
+from django_relay.queries import FINISHED_CHANNEL, finished_payload
 
 logger = logging.getLogger("django_relay")
 
@@ -72,19 +71,14 @@ class _Publisher:
         self.loop = loop
 
     def __call__(self, payload: str) -> None:
-        try:
-            event = json.loads(payload)
-            message = {
-                "type": EVENT_TYPE,
-                "id": int(event["id"]),
-                "state": str(event["state"]),
-                "attempt": int(event["attempt"]),
-            }
-        except (ValueError, KeyError, TypeError):
+        event = finished_payload(payload)
+        if event is None:
             return
+        job_id, state, attempt = event
+        message = {"type": EVENT_TYPE, "id": job_id, "state": state, "attempt": attempt}
         if self.loop.is_closed():
             return
-        for group in (job_group(int(event["id"])), ALL_JOBS_GROUP):
+        for group in (job_group(job_id), ALL_JOBS_GROUP):
             future = asyncio.run_coroutine_threadsafe(
                 self.layer.group_send(group, message), self.loop
             )

@@ -8,6 +8,7 @@ jobs, with a statement whose text never changes (so it stays prepared).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,17 @@ AVAILABLE_CHANNEL = "relay_available"
 #: NOTIFY channel: payload is ``{"id", "state", "attempt"}`` of a job that finished an
 #: attempt (left ``executing``) or reached a terminal state.
 FINISHED_CHANNEL = "relay_finished"
+
+
+def finished_payload(payload: str) -> tuple[int, str, int] | None:
+    """``(job_id, state, attempt)`` from a ``FINISHED_CHANNEL`` payload; None if malformed."""
+    try:
+        event = json.loads(payload)
+        return int(event["id"]), str(event["state"]), int(event["attempt"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 #: NOTIFY channel (sent by a trigger on ``JobSignal``): payload is the signalled job's id.
 SIGNAL_CHANNEL = "relay_signal"
 

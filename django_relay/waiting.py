@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import json
 import logging
 import threading
 import time
@@ -187,11 +186,11 @@ class Registry:
                 del self.waiters[waiter.job_id]
 
     def on_finished(self, payload: str) -> None:
-        try:
-            job_id = int(json.loads(payload)["id"])
-        except (ValueError, KeyError, TypeError):
+        event = queries.finished_payload(payload)
+        if event is None:
             logger.warning("ignoring a malformed relay_finished payload: %r", payload[:200])
             return
+        job_id = event[0]
         if job_id in self.waiters:
             self._want([job_id])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -87,15 +88,9 @@ class Producer:
                 self._saturated = len(rows) == free
                 if self._saturated:
                     continue  # maybe more: claim again as soon as slots free up
-            waiter = asyncio.ensure_future(self._wake.wait())
-            stopper = asyncio.ensure_future(stopping.wait())
-            await asyncio.wait(
-                {waiter, stopper},
-                timeout=settings.FETCH_INTERVAL,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            waiter.cancel()
-            stopper.cancel()
+            # A NOTIFY, a freed slot, landed acks, or the runner stopping wake us.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), settings.FETCH_INTERVAL)
 
     def _start(self, row: tuple) -> None:
         job_id, attempt = row[0], row[queries.JOB_COLUMNS.index("attempt")]

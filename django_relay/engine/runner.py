@@ -154,7 +154,8 @@ class Runner:
     async def _stop(
         self, workers: list[asyncio.Task[None]], upkeep: asyncio.Task[None], grace: float
     ) -> None:
-        await asyncio.gather(*workers, return_exceptions=True)  # no more claims
+        self._wake_all()  # producers see ``stopping`` and return: no more claims
+        await asyncio.gather(*workers, return_exceptions=True)
         tasks = {t for p in self.producers.values() for t in p.running.values()}
         if tasks:
             logger.info("stopping: waiting up to %gs for %s running jobs", grace, len(tasks))
