@@ -145,3 +145,15 @@ class NotAWorker:
     def process(self, job: Any) -> Any:
         Path(job.args["marker"]).touch()
         return "ran"
+
+
+@worker(queue="default", max_attempts=3)
+class AsyncOrmWorker:
+    """An ``async def process`` that reads its own row through the ORM (asgiref's thread)."""
+
+    async def process(self, job: Any) -> Any:
+        row = await Job.objects.aget(pk=job.id)
+        return {"state": row.state, "attempt": row.attempt}
+
+    def backoff(self, job: Any) -> float:
+        return 0.1

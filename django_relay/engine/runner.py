@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django_relay import queries
 from django_relay.conf import settings
+from django_relay.engine import executor
 from django_relay.engine.acker import Acker
 from django_relay.engine.lifeline import Lifeline
 from django_relay.engine.producer import Producer
@@ -28,7 +29,7 @@ class Runner:
         self.queues = dict(queues)
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.threads = ThreadPoolExecutor(
-            max_workers=max(1, sum(queues.values())), thread_name_prefix="relay-job"
+            max_workers=max(1, sum(queues.values())), thread_name_prefix=executor.JOB_THREAD_PREFIX
         )
         self.acker = Acker(self.node, on_settled=self._settled)
         self._claims = Link("claim")
