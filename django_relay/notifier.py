@@ -174,14 +174,24 @@ class Notifier:
                 with self._lock:
                     reconnect_handlers = list(self._reconnect_handlers)
                 for handler in reconnect_handlers:
-                    handler()
+                    try:
+                        handler()
+                    except Exception:
+                        logger.exception("a listener reconnect handler failed")
                 await self._pump(self._conn)
-            except psycopg.Error as exc:
+            except Exception as exc:
+                # Whatever broke, the process's relays depend on this loop going on:
+                # log it, drop the connection, and start over.
                 self.connected.clear()
                 with self._lock:
                     for event in self._live.values():
                         event.clear()
-                logger.warning("listener connection lost (%s); reconnecting in %.2fs", exc, delay)
+                if isinstance(exc, psycopg.Error):
+                    logger.warning(
+                        "listener connection lost (%s); reconnecting in %.2fs", exc, delay
+                    )
+                else:
+                    logger.exception("listener failed; reconnecting in %.2fs", delay)
                 if self._conn is not None:
                     await _close_quietly(self._conn)
                 await asyncio.sleep(delay)

@@ -49,9 +49,13 @@ async def _outcomes(
             await asyncio.wait([w.future for w in waiters], timeout=timeout)
         return [w.future.result() if w.future.done() else None for w in waiters]
     finally:
-        for waiter in waiters:
-            waiter.active = False
-            registry.notifier.call_soon(registry.remove, waiter)
+        _forget(registry, waiters)
+
+
+def _forget(registry: Registry, waiters: list[Waiter]) -> None:
+    for waiter in waiters:
+        waiter.active = False
+        registry.notifier.call_soon(registry.remove, waiter)
 
 
 async def _refuse_open_transaction(action: str) -> None:
@@ -177,13 +181,16 @@ async def relay_job(
     inserted: asyncio.Future[tuple[Any, ...]] = waiter.loop.create_future()
     registry.notifier.call_soon(registry.enqueue, row, waiter, inserted)
     try:
-        mark_saved([job], [await inserted])
-        if signals.job_enqueued.receivers:
-            await signals.job_enqueued.asend(sender=resolve(job.worker), job=job)
+        try:
+            mark_saved([job], [await inserted])
+            if signals.job_enqueued.receivers:
+                await signals.job_enqueued.asend(sender=resolve(job.worker), job=job)
+        except BaseException:
+            _forget(registry, [waiter])  # cancelled, or a receiver raised
+            raise
         remaining = max(deadline - waiter.loop.time(), 0.0)
         [outcome] = await _outcomes(registry, [waiter], remaining)
     except asyncio.CancelledError:
-        waiter.active = False
         if cancel_on_timeout and job.pk is not None:
             _give_up(job.pk, "the relay was cancelled")
         raise
