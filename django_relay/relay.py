@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -168,12 +169,19 @@ async def relay_job(
     could not succeed, and is refused), and its waiter is registered before the
     job can be seen as finished.
 
+    The insert carries a key generated here (``job.relay_key``), so the listener
+    sends it again after a connection failure without ever inserting it twice. If
+    the insert cannot be confirmed within ``timeout``, ``RelayTimeout`` is raised
+    with ``job_id`` None, and the job is not run (cancelled if it landed, unless a
+    runner already started it).
+
     With ``cancel_on_timeout``, a job that has not started when the caller gives
     up (timeout, or the awaiting task is cancelled) is cancelled.
     """
     timeout, poll_interval = _defaults(timeout, poll_interval)
     deadline = asyncio.get_running_loop().time() + timeout
     await _refuse_open_transaction("relay()")
+    job.relay_key = uuid.uuid4()
     row = encode(job)
     registry = get_registry()
     await listening(registry, timeout)
@@ -181,8 +189,17 @@ async def relay_job(
     inserted: asyncio.Future[tuple[Any, ...]] = waiter.loop.create_future()
     registry.notifier.call_soon(registry.enqueue, row, waiter, inserted)
     try:
+        saved = await asyncio.wait_for(inserted, max(deadline - waiter.loop.time(), 0.0))
+    except BaseException as exc:
+        # Gave up before learning the job's id: nobody could wait for it.
+        waiter.active = False
+        registry.notifier.call_soon(registry.abandon, waiter)
+        if isinstance(exc, TimeoutError):
+            raise RelayTimeout(None, timeout) from None
+        raise
+    try:
         try:
-            mark_saved([job], [await inserted])
+            mark_saved([job], [saved])
             if signals.job_enqueued.receivers:
                 await signals.job_enqueued.asend(sender=resolve(job.worker), job=job)
         except BaseException:

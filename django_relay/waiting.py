@@ -33,7 +33,7 @@ from django_relay.exceptions import (
 )
 from django_relay.models import TERMINAL_STATES
 from django_relay.notifier import Notifier, get_notifier
-from django_relay.pg import Link
+from django_relay.pg import CONNECTION_ERRORS, Link
 
 logger = logging.getLogger("django_relay")
 
@@ -101,21 +101,20 @@ def _resolve(future: asyncio.Future[Any], value: Any) -> None:
         future.set_result(value)
 
 
-def _enqueue_failed(exc: Exception) -> Exception:
-    if not isinstance(exc, psycopg.OperationalError):
-        return exc
-    error = RelayError(
-        f"relay() could not enqueue its job: the database connection failed ({exc}). "
-        "It was not retried, since a retry could run the job twice; retry the relay "
-        "if the job is safe to repeat."
-    )
-    error.__cause__ = exc
-    return error
-
-
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
+
+
+@dataclass(slots=True)
+class _Insert:
+    """A job relay() asked to insert, and where to tell it the row."""
+
+    row: queries.NewJob
+    waiter: Waiter
+    inserted: asyncio.Future[tuple[Any, ...]]
+    #: A try may have reached the database: the row may exist.
+    sent: bool = False
 
 
 class Registry:
@@ -126,7 +125,7 @@ class Registry:
         self.waiters: dict[int, set[Waiter]] = {}
         self.link = Link("relay")
         self.insert_link = Link("relay-insert")
-        self._inserts: list[tuple[queries.NewJob, Waiter, asyncio.Future[Any]]] = []
+        self._inserts: list[_Insert] = []
         self._inserting = False
         self._wanted: set[int] = set()
         self._reading = False
@@ -149,7 +148,7 @@ class Registry:
         self, row: queries.NewJob, waiter: Waiter, inserted: asyncio.Future[tuple[Any, ...]]
     ) -> None:
         """Insert ``row`` (with the others queued meanwhile), then wait on it."""
-        self._inserts.append((row, waiter, inserted))
+        self._inserts.append(_Insert(row, waiter, inserted))
         if not self._inserting:
             self._inserting = True
             asyncio.get_running_loop().create_task(self._insert())
@@ -158,24 +157,65 @@ class Registry:
         try:
             while self._inserts:
                 batch, self._inserts = self._inserts, []
-                rows = [row for row, _, _ in batch]
-                try:
-                    # Not retried: after a lost reply the job may exist; the callers
-                    # see the error, as they would from enqueue().
-                    returned = await self.insert_link.run(
-                        partial(queries.ainsert_jobs, jobs=rows), retry=False
-                    )
-                except Exception as exc:
-                    error = _enqueue_failed(exc)
-                    for _, waiter, inserted in batch:
-                        waiter.loop.call_soon_threadsafe(_fail, inserted, error)
-                    continue
-                for (_, waiter, inserted), saved in zip(batch, returned, strict=True):
-                    waiter.job_id = saved[0]
-                    self.add(waiter)  # subscribe, then check
-                    waiter.loop.call_soon_threadsafe(_resolve, inserted, saved)
+                await self._insert_batch(batch)
         finally:
             self._inserting = False
+
+    async def _insert_batch(self, batch: list[_Insert]) -> None:
+        """Insert ``batch``, trying again after connection failures until its callers give up.
+
+        Each row carries a key its relay generated, so a try whose reply was lost
+        (the connection died, or the deadline passed, with the statement sent) is
+        safe to repeat: the row that landed is found, never inserted twice.
+        """
+        delay = 0.05
+        while True:
+            # A relay that gave up before any try reached the database is simply
+            # not enqueued; one whose try may have landed is settled (and cancelled).
+            batch = [entry for entry in batch if entry.waiter.active or entry.sent]
+            if not batch:
+                return
+
+            async def insert(conn: psycopg.AsyncConnection, rows: list[_Insert]) -> list[Any]:
+                for entry in rows:
+                    entry.sent = True
+                return await queries.ainsert_jobs(conn, [entry.row for entry in rows])
+
+            try:
+                returned = await self.insert_link.run(partial(insert, rows=batch), retry=False)
+            except CONNECTION_ERRORS as exc:
+                logger.warning(
+                    "relay insert failed (%s); trying again in %.2fs", exc or "deadline", delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            except Exception as exc:
+                for entry in batch:
+                    entry.waiter.loop.call_soon_threadsafe(_fail, entry.inserted, exc)
+                return
+            for entry, saved in zip(batch, returned, strict=True):
+                entry.waiter.job_id = saved[0]
+                if entry.waiter.active:
+                    self.add(entry.waiter)  # subscribe, then check
+                    entry.waiter.loop.call_soon_threadsafe(_resolve, entry.inserted, saved)
+                else:
+                    self._cancel_abandoned(saved[0])
+            return
+
+    def abandon(self, waiter: Waiter) -> None:
+        """Its relay gave up before it learnt its job's id: that job must not run for nobody.
+
+        Called on the listener's loop, after the caller set ``waiter.active`` false:
+        an insert still pending sees that; one that already landed is cancelled here.
+        """
+        self.remove(waiter)
+        if waiter.job_id:
+            self._cancel_abandoned(waiter.job_id)
+
+    def _cancel_abandoned(self, job_id: int) -> None:
+        reason = "its relay gave up before the insert was confirmed"
+        asyncio.get_running_loop().create_task(self.cancel_unstarted(job_id, reason))
 
     def remove(self, waiter: Waiter) -> None:
         waiter.active = False

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from django_relay import queries
-from tests.conftest import RunnerProcess, wait_for
+from tests.conftest import REPO_ROOT, RunnerProcess, wait_for
 from tests.pgserver import Server, pg_server  # noqa: F401  (a fixture)
 
 TERMINAL = ("completed", "discarded", "cancelled")
@@ -75,3 +77,88 @@ def enqueue_when_up(server: Server, worker: str, count: int) -> list[int]:
             return None
 
     return wait_for(attempt, 30, interval=0.1, message="the restarted server to accept jobs")
+
+
+# -- deadlines: a server that stops answering ------------------------------------------
+
+
+def test_a_listener_whose_server_stops_answering_reconnects(pg_server):  # noqa: F811
+    from django.test import override_settings
+
+    from django_relay.notifier import Notifier
+
+    notifier = Notifier()
+    fast = {"LISTENER_PING_INTERVAL": 0.2, "LISTENER_PING_TIMEOUT": 0.5, "CONNECT_TIMEOUT": 2}
+    with override_settings(RELAY={"LISTEN_DSN": pg_server.dsn(), **fast}):
+        notifier.start()
+        try:
+            wait_for(notifier.connected.is_set, 20, message="the listener to connect")
+            epoch = notifier.epoch
+            pg_server.pause()  # the socket stays open; nothing answers on it
+            try:
+                wait_for(
+                    lambda: not notifier.connected.is_set(),
+                    30,
+                    message="the listener to notice its server stopped answering",
+                )
+            finally:
+                pg_server.resume()
+            wait_for(
+                lambda: notifier.connected.is_set() and notifier.epoch > epoch,
+                30,
+                message="the listener to reconnect",
+            )
+        finally:
+            notifier.stop()
+
+
+RELAY_WHILE_PAUSED = """
+import asyncio, json, sys
+import django
+django.setup()
+from django_relay import RelayTimeout
+from tests.workers import EchoWorker
+
+async def relay(value):
+    try:
+        await EchoWorker.relay({"value": value}, queue="nobody", timeout=2)
+    except RelayTimeout as exc:
+        print(json.dumps({"job_id": exc.job_id}), flush=True)
+
+async def main():
+    await relay(0)  # the listener and the insert connection are up
+    sys.stdin.readline()  # the server was paused meanwhile
+    await relay(1)
+
+asyncio.run(main())
+"""
+
+
+def test_a_relay_whose_insert_cannot_complete_raises_within_its_timeout(pg_server):  # noqa: F811
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RELAY_WHILE_PAUSED],
+        cwd=REPO_ROOT,
+        env=pg_server.env(STATEMENT_TIMEOUT=1.0),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        first = json.loads(proc.stdout.readline() or "null")
+        assert isinstance(first and first["job_id"], int), first  # enqueued, not finished
+        pg_server.pause()
+        try:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            out, err = proc.communicate(timeout=60)  # a deadline for the test, not a figure
+        finally:
+            pg_server.resume()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    # Not confirmed in time: RelayTimeout without a job id.
+    assert json.loads(out.strip().splitlines()[-1]) == {"job_id": None}

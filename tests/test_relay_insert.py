@@ -1,0 +1,85 @@
+"""relay()'s insert: keyed, so sending it again after a lost reply never inserts twice."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
+
+from django_relay import RelayTimeout, pg, queries
+from django_relay.models import Job
+from django_relay.waiting import get_registry
+from tests.conftest import await_for
+from tests.workers import EchoWorker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def keyed_row(key: uuid.UUID, value: int) -> queries.NewJob:
+    return queries.NewJob(
+        worker="tests.workers.EchoWorker",
+        queue="nobody",
+        args=f'{{"value": {value}}}',
+        meta="{}",
+        max_attempts=1,
+        priority=0,
+        scheduled_at=None,
+        relay_key=key,
+    )
+
+
+async def test_an_insert_sent_again_returns_the_rows_that_landed(transactional_db):
+    keys = [uuid.uuid4() for _ in range(3)]
+    async with await psycopg.AsyncConnection.connect(
+        **pg.connect_kwargs(), autocommit=True
+    ) as conn:
+        first = await queries.ainsert_jobs(conn, [keyed_row(keys[1], 1)])
+        # The same key again (a try whose reply was lost), between two new ones.
+        rows = await queries.ainsert_jobs(conn, [keyed_row(k, i) for i, k in enumerate(keys)])
+    assert rows[1] == first[0]
+    assert len({row[0] for row in rows}) == 3
+    stored = await sync_to_async(list)(Job.objects.order_by("id").values_list("relay_key", "args"))
+    assert stored == [(keys[1], {"value": 1}), (keys[0], {"value": 0}), (keys[2], {"value": 2})]
+
+
+def run_sql(statement: str, params: Any = None) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+sql = sync_to_async(run_sql)
+
+
+async def test_a_relay_whose_insert_was_in_flight_when_its_connection_died_is_enqueued_once():
+    registry = get_registry()
+    with pytest.raises(RelayTimeout):  # opens the insert link (nobody serves this queue)
+        await EchoWorker.relay({"value": 0}, queue="nobody", timeout=0.5)
+    pid = registry.insert_link._conn.info.backend_pid
+    # Hold the table so the next insert is sent and then waits, in flight.
+    async with await psycopg.AsyncConnection.connect(**pg.connect_kwargs()) as blocker:
+        await blocker.execute("LOCK TABLE django_relay_job IN SHARE MODE")
+        relay = asyncio.ensure_future(
+            EchoWorker.relay({"value": 1}, queue="nobody", timeout=30, cancel_on_timeout=True)
+        )
+
+        async def insert_waits() -> bool:
+            rows = await sql("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid])
+            return rows == [("Lock",)]
+
+        await await_for(insert_waits, message="the relay's insert to wait for the lock")
+        assert await sql("SELECT pg_terminate_backend(%s)", [pid]) == [(True,)]
+        await blocker.rollback()
+    await await_for(lambda: registry.waiters, message="the relay to wait for its job")
+    [job_id] = registry.waiters
+    relay.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await relay
+    values = await sync_to_async(list)(Job.objects.order_by("id").values_list("args", flat=True))
+    assert values == [{"value": 0}, {"value": 1}]
+    assert job_id == (await sync_to_async(Job.objects.get)(args__value=1)).id
