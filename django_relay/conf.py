@@ -32,6 +32,9 @@ DEFAULTS: dict[str, Any] = {
     # Runner: heartbeat period, and how long without one before its jobs are rescued.
     "HEARTBEAT_INTERVAL": 5.0,
     "RESCUE_AFTER": 60.0,
+    # Runner: warn when its event loop was blocked this long (a job calling blocking
+    # code from an async process; the heartbeat has its own thread, so no rescue).
+    "LOOP_BLOCKED_WARNING": 1.0,
     # Runner: on SIGTERM/SIGINT, how long running jobs get to finish.
     "GRACE_PERIOD": 15.0,
     # Finished jobs older than this many seconds are deleted. None: keep them.

@@ -157,3 +157,13 @@ class AsyncOrmWorker:
 
     def backoff(self, job: Any) -> float:
         return 0.1
+
+
+@worker(queue="default", max_attempts=3)
+class LoopBlockingWorker:
+    """An ``async def process`` that blocks its event loop (``time.sleep``): a bug users make."""
+
+    async def process(self, job: Any) -> Any:
+        record(job.args["log"], job=job.id, attempt=job.attempt, pid=os.getpid())
+        time.sleep(job.args["seconds"])
+        return "done"

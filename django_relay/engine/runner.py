@@ -14,7 +14,7 @@ from django_relay import queries
 from django_relay.conf import settings
 from django_relay.engine import executor
 from django_relay.engine.acker import Acker
-from django_relay.engine.lifeline import Lifeline
+from django_relay.engine.lifeline import Heartbeat, Lifeline
 from django_relay.engine.producer import Producer
 from django_relay.notifier import get_notifier
 from django_relay.pg import Link
@@ -48,7 +48,8 @@ class Runner:
             for name, limit in self.queues.items()
         }
         self.failed = False
-        self.lifeline = Lifeline(self.node, self.queues, reconcile=self._reconcile)
+        self.lifeline = Lifeline(self.node, reconcile=self._reconcile)
+        self.heartbeat = Heartbeat(self.node, self.queues)
 
     def ready_line(self) -> str:
         queues = ", ".join(f"{q}={n}" for q, n in self.queues.items())
@@ -120,7 +121,7 @@ class Runner:
 
         unlisten = notifier.listen(queries.AVAILABLE_CHANNEL, on_available)
         notifier.on_reconnect(on_reconnect)
-        await self.lifeline.beat()  # our node exists before we own any job
+        await self.heartbeat.start()  # our node exists before we own any job
         self.acker.start()
         workers = [
             asyncio.create_task(p.run(stopping), name=f"relay-producer-{p.queue}")
@@ -177,6 +178,7 @@ class Runner:
                 "rescued and run again"
             )
         await self.acker.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.heartbeat.stop)
         await self.lifeline.close()
         await self._claims.close()
         self.threads.shutdown(wait=False, cancel_futures=True)
