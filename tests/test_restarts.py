@@ -162,3 +162,59 @@ def test_a_relay_whose_insert_cannot_complete_raises_within_its_timeout(pg_serve
     assert proc.returncode == 0, err
     # Not confirmed in time: RelayTimeout without a job id.
     assert json.loads(out.strip().splitlines()[-1]) == {"job_id": None}
+
+
+RELAYS_ACROSS_A_RESTART = """
+import asyncio, json, sys
+import django
+django.setup()
+from tests.workers import RecordWorker
+
+async def wave(values):
+    return await asyncio.gather(*(
+        RecordWorker.relay({"log": sys.argv[1], "value": v}, timeout=60) for v in values
+    ))
+
+async def main():
+    await wave(range(5))  # every connection of this process is open, then idle
+    print("ready", flush=True)
+    sys.stdin.readline()  # the server was restarted meanwhile
+    results = await wave(range(5, 55))
+    print(json.dumps([r["value"] for r in results]), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_relays_after_a_database_restart_return_their_results(pg_server, runner, tmp_path):  # noqa: F811
+    log = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RELAYS_ACROSS_A_RESTART, str(log)],
+        cwd=REPO_ROOT,
+        env=pg_server.env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "ready"
+        pg_server.restart()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=120)  # a deadline for the test, not a figure
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1]) == list(range(5, 55))
+    # Each relay inserted its job once.
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        [(jobs, keys)] = conn.execute(
+            "SELECT count(*), count(DISTINCT relay_key) FROM django_relay_job "
+            "WHERE worker = 'tests.workers.RecordWorker' AND args->>'log' = %s",
+            [str(log)],
+        ).fetchall()
+    assert jobs == keys == 55
