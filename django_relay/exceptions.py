@@ -24,15 +24,15 @@ class RelayTimeout(RelayError, TimeoutError):
 
     Re-attach later with ``await_result(exc.job_id)``. ``job_id`` is None when
     ``relay()`` could not even confirm its job's insert within the timeout (the
-    database did not answer): that job is then not run (cancelled if it landed,
-    unless a runner started it already).
+    database did not answer): that job is then not run (cancelled if its insert
+    landed after all, unless a runner started it first or the process exited).
     """
 
     def __init__(self, job_id: int | None, timeout: float) -> None:
         if job_id is None:
             message = (
                 f"relay() could not confirm its job's insert within {timeout:g}s (the "
-                "database did not answer); the job will not run unless a runner started it"
+                "database did not answer); it is cancelled if the insert landed after all"
             )
         else:
             message = f"job {job_id} did not finish within {timeout:g}s (it keeps running)"
