@@ -142,9 +142,6 @@ class Job(models.Model):
     )
     ignore_cancelled = models.BooleanField(default=False, db_default=False)
     ignore_discarded = models.BooleanField(default=False, db_default=False)
-    # A key relay() generates for the job's insert: after a connection fails mid-insert
-    # the insert is sent again, and a row already holding the key is taken as the job.
-    relay_key = models.UUIDField(_("relay key"), null=True, blank=True, editable=False)
 
     objects = JobQuerySet.as_manager()
 
@@ -191,11 +188,6 @@ class Job(models.Model):
             ),
             models.CheckConstraint(
                 condition=models.Q(state__in=JobState.values), name="relay_job_state"
-            ),
-            models.UniqueConstraint(
-                fields=["relay_key"],
-                condition=models.Q(relay_key__isnull=False),
-                name="relay_job_relay_key",
             ),
             models.UniqueConstraint(
                 fields=["workflow", "step"],

@@ -81,7 +81,9 @@ async def within_deadline[T](awaitable: Awaitable[T]) -> T:
     server-side ``statement_timeout`` cannot fire when the server (or the route to
     it) stopped answering, and poolers refuse it as a startup parameter.
     """
-    return await asyncio.wait_for(awaitable, settings.STATEMENT_TIMEOUT)
+    # A timeout scope, not wait_for(): that would wrap every statement in a task.
+    async with asyncio.timeout(settings.STATEMENT_TIMEOUT):
+        return await awaitable
 
 
 class Link:

@@ -9,7 +9,6 @@ jobs, with a statement whose text never changes (so it stays prepared).
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,33 +39,40 @@ SIGNAL_CHANNEL = "relay_signal"
 
 # -- enqueue (Django's connection, inside the caller's transaction) -----------
 
-INSERT_JOBS = """
-INSERT INTO django_relay_job (worker, queue, state, args, meta, result, errors, attempt,
+_INSERT_JOBS = """
+INSERT INTO django_relay_job ({id_column}worker, queue, state, args, meta, result, errors, attempt,
                               max_attempts, priority, scheduled_at, inserted_at, signal_count,
-                              workflow_id, step, deps, ignore_cancelled, ignore_discarded,
-                              relay_key)
-SELECT r.worker, r.queue,
+                              workflow_id, step, deps, ignore_cancelled, ignore_discarded)
+SELECT {id_value}r.worker, r.queue,
        coalesce(r.state, CASE WHEN r.scheduled_at > now() THEN 'scheduled' ELSE 'available' END),
        r.args::jsonb, r.meta::jsonb, NULL, '[]'::jsonb, 0,
        r.max_attempts, r.priority, coalesce(r.scheduled_at, now()), now(), 0,
        r.workflow_id, r.step, coalesce(r.deps::jsonb, '[]'::jsonb),
-       coalesce(r.ignore_cancelled, false), coalesce(r.ignore_discarded, false), r.relay_key
+       coalesce(r.ignore_cancelled, false), coalesce(r.ignore_discarded, false)
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::int[],
             %s::timestamptz[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::bool[],
-            %s::bool[], %s::uuid[])
+            %s::bool[], %s::bigint[])
      WITH ORDINALITY AS r(worker, queue, args, meta, max_attempts, priority, scheduled_at,
                           state, workflow_id, step, deps, ignore_cancelled, ignore_discarded,
-                          relay_key, ord)
+                          id, ord)
 ORDER BY r.ord
--- A relay's insert sent again after a lost reply: the row that landed is kept.
-ON CONFLICT (relay_key) WHERE relay_key IS NOT NULL DO NOTHING
-RETURNING id, state, scheduled_at, inserted_at, relay_key
+{on_conflict}
+RETURNING id, state, scheduled_at, inserted_at
+"""
+INSERT_JOBS = _INSERT_JOBS.format(id_column="", id_value="", on_conflict="")
+#: relay()'s insert: ids reserved beforehand (RESERVE_JOB_IDS), so a try sent again
+#: after a lost reply finds the row that landed instead of inserting it twice.
+INSERT_RESERVED_JOBS = _INSERT_JOBS.format(
+    id_column="id, ", id_value="r.id, ", on_conflict="ON CONFLICT (id) DO NOTHING"
+)
+
+RESERVE_JOB_IDS = """
+SELECT nextval(pg_get_serial_sequence('django_relay_job', 'id')) FROM generate_series(1, %s)
 """
 
-#: The rows of relay keys that an earlier try of the insert already landed.
-KEYED_JOBS = """
-SELECT id, state, scheduled_at, inserted_at, relay_key FROM django_relay_job
-WHERE relay_key = ANY(%s::uuid[])
+#: The rows of reserved ids that an earlier try of the insert already landed.
+RESERVED_JOBS = """
+SELECT id, state, scheduled_at, inserted_at FROM django_relay_job WHERE id = ANY(%s::bigint[])
 """
 
 
@@ -87,7 +93,8 @@ class NewJob:
     deps: str | None = None
     ignore_cancelled: bool = False
     ignore_discarded: bool = False
-    relay_key: uuid.UUID | None = None
+    #: Reserved beforehand (relay's inserts); None: the next id of the sequence.
+    id: int | None = None
 
 
 def _insert_params(jobs: Sequence[NewJob]) -> list[list[Any]]:
@@ -97,29 +104,35 @@ def _insert_params(jobs: Sequence[NewJob]) -> list[list[Any]]:
 def insert_jobs(cursor: Any, jobs: Sequence[NewJob]) -> list[tuple[Any, ...]]:
     """Insert ``jobs`` in one statement; return ``(id, state, scheduled_at, inserted_at)``."""
     cursor.execute(INSERT_JOBS, _insert_params(jobs))
-    return [row[:4] for row in cursor.fetchall()]
+    return list(cursor.fetchall())
 
 
-async def ainsert_jobs(conn: AsyncConnection, jobs: Sequence[NewJob]) -> list[tuple[Any, ...]]:
-    """See insert_jobs(); on an async connection, in autocommit (relay's own inserts).
+async def reserve_job_ids(conn: AsyncConnection, count: int) -> list[int]:
+    """Take ``count`` job ids from the table's sequence, for :func:`ainsert_reserved_jobs`."""
+    async with conn.cursor() as cur:
+        await cur.execute(RESERVE_JOB_IDS, (count,))
+        return [row[0] for row in await cur.fetchall()]
 
-    Safe to repeat when every job has a ``relay_key``: a job whose key is already
-    in the table (an earlier try landed, its reply was lost) is not inserted
-    again, and the row returned for it is the one that landed.
+
+async def ainsert_reserved_jobs(
+    conn: AsyncConnection, jobs: Sequence[NewJob]
+) -> list[tuple[Any, ...]]:
+    """Insert ``jobs``, each with a reserved ``id``, in autocommit (relay's own inserts).
+
+    Safe to repeat: a job whose id is already in the table (an earlier try landed
+    and its reply was lost) is not inserted again, and the row returned for it is
+    the one that landed. Rows come back in the order of ``jobs``.
     """
     async with conn.cursor() as cur:
-        await cur.execute(INSERT_JOBS, _insert_params(jobs))
+        await cur.execute(INSERT_RESERVED_JOBS, _insert_params(jobs))
         rows = await cur.fetchall()
         if len(rows) < len(jobs):
             # A new statement, so a new snapshot: it sees the rows that conflicted.
-            inserted = {row[4] for row in rows}
-            landed = [job.relay_key for job in jobs if job.relay_key not in inserted]
-            await cur.execute(KEYED_JOBS, (landed,))
+            inserted = {row[0] for row in rows}
+            await cur.execute(RESERVED_JOBS, ([j.id for j in jobs if j.id not in inserted],))
             rows += await cur.fetchall()
-    if any(job.relay_key is None for job in jobs):
-        return [row[:4] for row in rows]  # nothing to conflict: RETURNING kept the order
-    by_key = {row[4]: row[:4] for row in rows}
-    return [by_key[job.relay_key] for job in jobs]
+    by_id = {row[0]: row for row in rows}
+    return [by_id[job.id] for job in jobs]
 
 
 # -- the runner's hot path ----------------------------------------------------
@@ -148,7 +161,6 @@ JOB_COLUMNS = (
     "deps",
     "ignore_cancelled",
     "ignore_discarded",
-    "relay_key",
 )
 
 CLAIM = """
@@ -165,8 +177,7 @@ WITH next AS (
     RETURNING j.id, j.worker, j.queue, j.state, j.args::text, j.meta::text, NULL AS result,
               j.errors::text, j.attempt, j.max_attempts, j.priority, j.scheduled_at,
               j.inserted_at, j.attempted_at, j.finished_at, j.signal_count, j.attempted_by,
-              j.workflow_id, j.step, j.deps::text, j.ignore_cancelled, j.ignore_discarded,
-              j.relay_key
+              j.workflow_id, j.step, j.deps::text, j.ignore_cancelled, j.ignore_discarded
 )
 -- RETURNING follows the join's order (a merge join on id for big batches), not the
 -- claim's: sort again so a batch starts in priority order.

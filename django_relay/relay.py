@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -169,8 +168,8 @@ async def relay_job(
     could not succeed, and is refused), and its waiter is registered before the
     job can be seen as finished.
 
-    The insert carries a key generated here (``job.relay_key``), so the listener
-    sends it again after a connection failure without ever inserting it twice. If
+    The job's id is reserved before its insert, so the listener sends the insert
+    again after a connection failure without ever inserting it twice. If
     the insert cannot be confirmed within ``timeout``, ``RelayTimeout`` is raised
     with ``job_id`` None, and the job is not run (cancelled if it landed, unless a
     runner already started it).
@@ -181,7 +180,6 @@ async def relay_job(
     timeout, poll_interval = _defaults(timeout, poll_interval)
     deadline = asyncio.get_running_loop().time() + timeout
     await _refuse_open_transaction("relay()")
-    job.relay_key = uuid.uuid4()
     row = encode(job)
     registry = get_registry()
     await listening(registry, timeout)

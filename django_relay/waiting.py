@@ -12,6 +12,8 @@ are inserted here too, batched, on the listener's own connection.
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -106,6 +108,10 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
+#: Job ids a registry reserves at a time for relay()'s inserts.
+_ID_BLOCK = 64
+
+
 @dataclass(slots=True)
 class _Insert:
     """A job relay() asked to insert, and where to tell it the row."""
@@ -127,6 +133,7 @@ class Registry:
         self.insert_link = Link("relay-insert")
         self._inserts: list[_Insert] = []
         self._inserting = False
+        self._ids: collections.deque[int] = collections.deque()
         self._wanted: set[int] = set()
         self._reading = False
         self._polls: list[tuple[float, int, Waiter]] = []
@@ -164,9 +171,9 @@ class Registry:
     async def _insert_batch(self, batch: list[_Insert]) -> None:
         """Insert ``batch``, trying again after connection failures until its callers give up.
 
-        Each row carries a key its relay generated, so a try whose reply was lost
-        (the connection died, or the deadline passed, with the statement sent) is
-        safe to repeat: the row that landed is found, never inserted twice.
+        Each row's id is reserved before its first try, so a try whose reply was
+        lost (the connection died, or the deadline passed, with the statement sent)
+        is safe to repeat: the row that landed is found, never inserted twice.
         """
         delay = 0.05
         while True:
@@ -177,9 +184,10 @@ class Registry:
                 return
 
             async def insert(conn: psycopg.AsyncConnection, rows: list[_Insert]) -> list[Any]:
+                await self._reserve_ids(conn, rows)
                 for entry in rows:
                     entry.sent = True
-                return await queries.ainsert_jobs(conn, [entry.row for entry in rows])
+                return await queries.ainsert_reserved_jobs(conn, [entry.row for entry in rows])
 
             try:
                 returned = await self.insert_link.run(partial(insert, rows=batch), retry=False)
@@ -202,6 +210,16 @@ class Registry:
                 else:
                     self._cancel_abandoned(saved[0])
             return
+
+    async def _reserve_ids(self, conn: psycopg.AsyncConnection, rows: list[_Insert]) -> None:
+        # The id is the insert's idempotency key: given once, kept across tries.
+        # Reserved a block at a time, so a relay rarely pays a round trip for it.
+        missing = [entry for entry in rows if entry.row.id is None]
+        if len(missing) > len(self._ids):
+            wanted = max(len(missing) - len(self._ids), _ID_BLOCK)
+            self._ids.extend(await queries.reserve_job_ids(conn, wanted))
+        for entry in missing:
+            entry.row = dataclasses.replace(entry.row, id=self._ids.popleft())
 
     def abandon(self, waiter: Waiter) -> None:
         """Its relay gave up before it learnt its job's id: that job must not run for nobody.

@@ -305,7 +305,6 @@ def encode(job: Job) -> queries.NewJob:
         deps=codec.dumps(list(job.deps)) if job.deps else None,
         ignore_cancelled=job.ignore_cancelled,
         ignore_discarded=job.ignore_discarded,
-        relay_key=job.relay_key,
     )
 
 

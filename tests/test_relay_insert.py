@@ -1,9 +1,8 @@
-"""relay()'s insert: keyed, so sending it again after a lost reply never inserts twice."""
+"""relay()'s insert: ids reserved first, so a try sent again never inserts twice."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import psycopg
@@ -20,7 +19,7 @@ from tests.workers import EchoWorker
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def keyed_row(key: uuid.UUID, value: int) -> queries.NewJob:
+def row(value: int, job_id: int) -> queries.NewJob:
     return queries.NewJob(
         worker="tests.workers.EchoWorker",
         queue="nobody",
@@ -29,22 +28,22 @@ def keyed_row(key: uuid.UUID, value: int) -> queries.NewJob:
         max_attempts=1,
         priority=0,
         scheduled_at=None,
-        relay_key=key,
+        id=job_id,
     )
 
 
 async def test_an_insert_sent_again_returns_the_rows_that_landed(transactional_db):
-    keys = [uuid.uuid4() for _ in range(3)]
     async with await psycopg.AsyncConnection.connect(
         **pg.connect_kwargs(), autocommit=True
     ) as conn:
-        first = await queries.ainsert_jobs(conn, [keyed_row(keys[1], 1)])
-        # The same key again (a try whose reply was lost), between two new ones.
-        rows = await queries.ainsert_jobs(conn, [keyed_row(k, i) for i, k in enumerate(keys)])
+        ids = await queries.reserve_job_ids(conn, 3)
+        first = await queries.ainsert_reserved_jobs(conn, [row(1, ids[1])])
+        # The same id again (a try whose reply was lost), between two new ones.
+        rows = await queries.ainsert_reserved_jobs(conn, [row(i, ids[i]) for i in range(3)])
     assert rows[1] == first[0]
-    assert len({row[0] for row in rows}) == 3
-    stored = await sync_to_async(list)(Job.objects.order_by("id").values_list("relay_key", "args"))
-    assert stored == [(keys[1], {"value": 1}), (keys[0], {"value": 0}), (keys[2], {"value": 2})]
+    assert [r[0] for r in rows] == ids
+    stored = await sync_to_async(list)(Job.objects.order_by("id").values_list("id", "args"))
+    assert stored == [(ids[i], {"value": i}) for i in range(3)]
 
 
 def run_sql(statement: str, params: Any = None) -> list[tuple]:

@@ -212,9 +212,9 @@ def test_relays_after_a_database_restart_return_their_results(pg_server, runner,
     assert json.loads(out.strip().splitlines()[-1]) == list(range(5, 55))
     # Each relay inserted its job once.
     with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
-        [(jobs, keys)] = conn.execute(
-            "SELECT count(*), count(DISTINCT relay_key) FROM django_relay_job "
+        [(jobs, values)] = conn.execute(
+            "SELECT count(*), count(DISTINCT args->'value') FROM django_relay_job "
             "WHERE worker = 'tests.workers.RecordWorker' AND args->>'log' = %s",
             [str(log)],
         ).fetchall()
-    assert jobs == keys == 55
+    assert jobs == values == 55

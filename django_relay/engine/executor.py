@@ -122,7 +122,9 @@ _orm_connections: weakref.WeakSet[BaseDatabaseWrapper] = weakref.WeakSet()
 
 
 def _track_connection(sender: object, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
-    if not threading.current_thread().name.startswith(JOB_THREAD_PREFIX):
+    # The main thread runs the event loop (its connection, if any, is from start-up).
+    thread = threading.current_thread()
+    if thread is not threading.main_thread() and not thread.name.startswith(JOB_THREAD_PREFIX):
         with _orm_lock:
             _orm_connections.add(connection)
 
