@@ -37,6 +37,7 @@ class Heartbeat:
         self._task: asyncio.Task[None] | None = None
         self._stopping = threading.Event()
         self._first: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
 
     async def start(self) -> None:
         """Start beating; return once the first beat is recorded (our node exists)."""
@@ -71,15 +72,18 @@ class Heartbeat:
             pass  # stop()
         finally:
             await link.close()
+            self._done.set_result(None)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
         """Stop beating (before the node is forgotten, so no beat brings it back)."""
         self._stopping.set()
+        if self._thread is None:
+            return
         if self._loop is not None and self._task is not None:
             with contextlib.suppress(RuntimeError):  # its loop already ended
                 self._loop.call_soon_threadsafe(self._task.cancel)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.wrap_future(self._done), timeout)
 
 
 async def watch_loop(stopping: asyncio.Event) -> None:

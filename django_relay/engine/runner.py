@@ -178,7 +178,7 @@ class Runner:
                 "rescued and run again"
             )
         await self.acker.close()
-        await asyncio.get_running_loop().run_in_executor(None, self.heartbeat.stop)
+        await self.heartbeat.stop()
         await self.lifeline.close()
         await self._claims.close()
         self.threads.shutdown(wait=False, cancel_futures=True)
