@@ -19,11 +19,9 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
+from django.utils.translation import gettext_lazy as _, ngettext
 
 from django_relay import codec
-from django_relay.awaiting import signal_sync
 from django_relay.graph import render_svg
 from django_relay.jobs import cancel_jobs, retry_jobs
 from django_relay.models import (
@@ -35,6 +33,7 @@ from django_relay.models import (
     Node,
     WorkflowRun,
 )
+from django_relay.signalling import signal_sync
 from django_relay.workflow import Workflow
 
 

@@ -17,13 +17,13 @@ from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 
 from django_relay import codec, signals
-from django_relay.awaiting import WaitForSignal
 from django_relay.conf import settings
 from django_relay.context import current_job
 from django_relay.exceptions import EncodeError, WorkerError
 from django_relay.models import Job, JobState
 from django_relay.queries import Ack
-from django_relay.workers import Cancel, Snooze, default_backoff, options_of, resolve
+from django_relay.registry import Cancel, Snooze, default_backoff, options_of, resolve
+from django_relay.signalling import WaitForSignal
 
 logger = logging.getLogger("django_relay")
 

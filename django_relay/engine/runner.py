@@ -15,7 +15,7 @@ from django_relay.conf import settings
 from django_relay.engine.acker import Acker
 from django_relay.engine.lifeline import Lifeline
 from django_relay.engine.producer import Producer
-from django_relay.notifier import get_notifier
+from django_relay.listener.notifier import get_notifier
 from django_relay.pg import Link
 
 logger = logging.getLogger("django_relay")

@@ -1,4 +1,4 @@
-"""The waiters of this process, served by its listener (see :mod:`django_relay.relay`).
+"""The waiters of this process, served by its listener (see :mod:`django_relay.results`).
 
 A waiter is registered on the listener's loop before its job is read (subscribe,
 then check). Each ``relay_finished`` NOTIFY names a job; the registry reads the
@@ -31,8 +31,8 @@ from django_relay.exceptions import (
     RelayError,
     ResultTooLarge,
 )
+from django_relay.listener.notifier import Notifier, get_notifier
 from django_relay.models import TERMINAL_STATES
-from django_relay.notifier import Notifier, get_notifier
 from django_relay.pg import Link
 
 logger = logging.getLogger("django_relay")
