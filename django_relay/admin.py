@@ -24,6 +24,7 @@ from django.utils.translation import ngettext
 
 from django_relay import codec
 from django_relay.awaiting import signal_sync
+from django_relay.exceptions import EncodeError
 from django_relay.graph import render_svg
 from django_relay.jobs import cancel_jobs, retry_jobs
 from django_relay.models import (
@@ -39,8 +40,13 @@ from django_relay.workflow import Workflow
 
 
 def _pretty(value: Any) -> str:
+    try:
+        data = codec.to_json(value)
+    except EncodeError:
+        # A row written past the codec (raw SQL, an older version) still shows.
+        data = value
     return format_html(
-        "<pre>{}</pre>", json.dumps(codec.to_json(value), indent=2, ensure_ascii=False)
+        "<pre>{}</pre>", json.dumps(data, indent=2, ensure_ascii=False, default=repr)
     )
 
 
