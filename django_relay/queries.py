@@ -402,20 +402,29 @@ WHERE state = 'available' AND (%s::text IS NULL OR queue = %s)
 
 # -- signals ----------------------------------------------------------------------
 
+# Lock the unfinished targets first (in id order, so senders to many jobs cannot
+# deadlock): a sender blocked behind another reads the committed row once it gets
+# the lock, so ``seq`` is the next number in commit order. Then insert, skipping a
+# repeated key (ON CONFLICT also sees a committed duplicate that this statement's
+# snapshot does not), and bump the counter only for the signals actually inserted:
+# a duplicate changes nothing and wakes nobody.
 SEND_SIGNAL = f"""
 WITH targets AS (
-    UPDATE django_relay_job AS j SET signal_count = j.signal_count + 1
+    SELECT j.id, j.worker, j.signal_count FROM django_relay_job AS j
     WHERE j.id = ANY(%(ids)s::bigint[]) AND j.state NOT IN {TERMINAL}
-      AND (%(key)s::text IS NULL OR NOT EXISTS (
-          SELECT 1 FROM django_relay_jobsignal AS s WHERE s.job_id = j.id AND s.key = %(key)s))
-    RETURNING j.id, j.worker, j.signal_count
+    ORDER BY j.id
+    FOR UPDATE
 ), sent AS (
     INSERT INTO django_relay_jobsignal (job_id, seq, payload, sender, key, inserted_at)
-    SELECT id, signal_count, %(payload)s::jsonb, %(sender)s, %(key)s, now() FROM targets
+    SELECT id, signal_count + 1, %(payload)s::jsonb, %(sender)s, %(key)s, now() FROM targets
     ON CONFLICT (job_id, key) WHERE key IS NOT NULL DO NOTHING
-    RETURNING job_id
+    RETURNING job_id, seq
+), counted AS (
+    UPDATE django_relay_job AS j SET signal_count = sent.seq
+    FROM sent WHERE j.id = sent.job_id
+    RETURNING j.id, j.worker
 )
-SELECT targets.id, targets.worker FROM targets JOIN sent ON sent.job_id = targets.id
+SELECT id, worker FROM counted ORDER BY id
 """
 
 
@@ -424,8 +433,9 @@ def send_signal(
 ) -> list[tuple[int, str]]:
     """Deliver one payload to the unfinished jobs among ``job_ids``: ``(id, worker)`` each.
 
-    The counter update locks each job row, so concurrent senders to one job queue
-    up and each signal's ``seq`` follows commit order.
+    Each job row is locked first, so concurrent senders to one job queue up and
+    each signal's ``seq`` follows commit order; a job that already has a signal
+    with ``key`` receives nothing, and its counter is left alone.
     """
     cursor.execute(
         SEND_SIGNAL, {"ids": list(job_ids), "payload": payload, "sender": sender, "key": key}
