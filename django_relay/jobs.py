@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from asgiref.sync import sync_to_async
-from django.db import connections
+from django.db import connections, transaction
 
 from django_relay import queries
 from django_relay.conf import settings
@@ -33,11 +33,16 @@ async def acancel_jobs(jobs: Iterable[Job | int], reason: str = "cancelled") -> 
 
 
 def retry_jobs(jobs: Iterable[Job | int]) -> int:
-    """Run failed, cancelled or scheduled jobs again now; return how many.
+    """Run failed, cancelled or scheduled jobs again now; return how many changed.
 
-    A job whose attempts are spent gets one more.
+    A job whose attempts are spent gets one more. In a workflow, a retried step
+    runs only once its deps completed: one whose dep failed, or is going again,
+    is held (``suspended``) until they finish. Retrying a failed step also holds
+    again the steps its failure cancelled (transitively), so they run after it;
+    those are counted too.
     """
-    with connections[settings.DATABASE_ALIAS].cursor() as cursor:
+    alias = settings.DATABASE_ALIAS
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
         return len(queries.retry_jobs(cursor, _ids(jobs)))
 
 
