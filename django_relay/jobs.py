@@ -7,9 +7,10 @@ from collections.abc import Iterable
 from asgiref.sync import sync_to_async
 from django.db import connections, transaction
 
-from django_relay import queries
+from django_relay import queries, signals
 from django_relay.conf import settings
 from django_relay.models import Job
+from django_relay.workers import _registry
 
 
 def _ids(jobs: Iterable[Job | int]) -> list[int]:
@@ -22,9 +23,32 @@ def cancel_jobs(jobs: Iterable[Job | int], reason: str = "cancelled") -> int:
     A job that is running is marked cancelled at once and its relays raise
     ``RelayCancelled``; its ``process`` is not interrupted, but whatever it
     returns is dropped (the runner's ack no longer matches the row).
+    ``job_cancelled`` is sent for each, and for each workflow step cancelled in
+    turn because its dep was (like ``job_enqueued``, at once, not on commit).
     """
-    with connections[settings.DATABASE_ALIAS].cursor() as cursor:
-        return len(queries.cancel_jobs(cursor, _ids(jobs), reason))
+    alias = settings.DATABASE_ALIAS
+    with connections[alias].cursor() as cursor:
+        cancelled = queries.cancel_jobs(cursor, _ids(jobs), reason)
+    if cancelled and signals.job_cancelled.receivers:
+        for job in [
+            *Job.objects.using(alias).filter(pk__in=cancelled).order_by("id"),
+            *cascade_cancelled(cancelled),
+        ]:
+            signals.job_cancelled.send(sender=_registry.get(job.worker), job=job)
+    return len(cancelled)
+
+
+def cascade_cancelled(job_ids: Iterable[int]) -> list[Job]:
+    """The workflow steps cancelled because the jobs ``job_ids`` did not complete.
+
+    A step's dependents are cancelled by a trigger, inside the statement that
+    ended it; whoever ran that statement reads them back with this, to send
+    ``job_cancelled`` for them.
+    """
+    alias = settings.DATABASE_ALIAS
+    with connections[alias].cursor() as cursor:
+        ids = queries.cascade_cancelled(cursor, list(job_ids))
+    return list(Job.objects.using(alias).filter(pk__in=ids).order_by("id")) if ids else []
 
 
 async def acancel_jobs(jobs: Iterable[Job | int], reason: str = "cancelled") -> int:

@@ -510,11 +510,11 @@ WITH RECURSIVE asked AS (
 ), revived AS (
     SELECT d.id, d.workflow_id, d.step FROM asked AS a
     JOIN django_relay_job AS d ON d.workflow_id = a.workflow_id AND d.deps ? a.step
-    WHERE d.state = 'cancelled' AND d.errors -> -1 -> 'cascade' = 'true'::jsonb
+    WHERE d.state = 'cancelled' AND d.errors -> -1 ? 'cause'
     UNION
     SELECT d.id, d.workflow_id, d.step FROM revived AS r
     JOIN django_relay_job AS d ON d.workflow_id = r.workflow_id AND d.deps ? r.step
-    WHERE d.state = 'cancelled' AND d.errors -> -1 -> 'cascade' = 'true'::jsonb
+    WHERE d.state = 'cancelled' AND d.errors -> -1 ? 'cause'
 ), going AS (
     SELECT id FROM asked UNION SELECT id FROM revived
 ), next AS (
@@ -536,6 +536,27 @@ UPDATE django_relay_job AS j SET state = next.state, scheduled_at = now(), finis
 FROM next WHERE j.id = next.id
 RETURNING j.id
 """
+
+
+# The steps a workflow's trigger cancelled because these jobs ended without
+# completing, transitively: each cancelled step's last error names its cause.
+CASCADE_CANCELLED = """
+WITH RECURSIVE cascade AS (
+    SELECT id, workflow_id, step FROM django_relay_job
+    WHERE id = ANY(%(ids)s::bigint[]) AND workflow_id IS NOT NULL
+    UNION
+    SELECT d.id, d.workflow_id, d.step FROM cascade AS c
+    JOIN django_relay_job AS d ON d.workflow_id = c.workflow_id AND d.deps ? c.step
+    WHERE d.state = 'cancelled' AND d.errors -> -1 -> 'cause' = to_jsonb(c.id)
+)
+SELECT id FROM cascade WHERE id <> ALL(%(ids)s::bigint[]) ORDER BY id
+"""
+
+
+def cascade_cancelled(cursor: Any, job_ids: Sequence[int]) -> list[int]:
+    """Ids of the workflow steps cancelled because ``job_ids`` were cancelled or discarded."""
+    cursor.execute(CASCADE_CANCELLED, {"ids": list(job_ids)})
+    return [row[0] for row in cursor.fetchall()]
 
 
 def cancel_jobs(cursor: Any, job_ids: Sequence[int], reason: str) -> list[int]:
