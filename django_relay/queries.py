@@ -488,13 +488,16 @@ WHERE id = ANY(%s::bigint[]) AND state NOT IN {TERMINAL}
 RETURNING id
 """
 
-# Retrying steps of workflows: lock every step of their runs first, so that a dep
+# Retrying steps of workflows: lock the steps of their runs first, so that a dep
 # finishing meanwhile either commits before RETRY_JOBS reads it or finds the
-# retried step already held again (its trigger then releases it).
+# retried step already held again (its trigger then releases it). Held steps are
+# not finishing, and are what that trigger locks: leaving them out means the two
+# never wait for each other.
 LOCK_RETRIED_RUNS = """
 SELECT 1 FROM django_relay_job
 WHERE workflow_id IN (SELECT workflow_id FROM django_relay_job
                       WHERE id = ANY(%s::bigint[]) AND workflow_id IS NOT NULL)
+  AND state <> 'suspended'
 ORDER BY id FOR SHARE
 """
 

@@ -4,10 +4,12 @@ brings back the steps its failure cancelled."""
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 
 from django_relay import Workflow, cancel_jobs, retry_jobs
 from django_relay.models import Job
 from django_relay.testing import drain
+from tests.concurrency import race
 from tests.workflow_workers import BrokenWorker, StepWorker
 
 pytestmark = pytest.mark.django_db
@@ -106,3 +108,28 @@ def test_retrying_a_plain_failed_step_whose_deps_completed_runs_it_now():
     assert workflow.states() == {"a": "completed", "b": "discarded"}
     assert retry_jobs([workflow.steps["b"].job]) == 1
     assert workflow.states()["b"] == "available"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_step_retried_while_its_dep_completes_is_never_left_held():
+    stuck = []
+    for trial in range(30):
+        workflow = Workflow().add("a", flat()).add("b", flat(), deps=["a"])
+        workflow.enqueue()
+        a, b = workflow.steps["a"].job.pk, workflow.steps["b"].job.pk
+        Job.objects.filter(pk=a).update(state="executing", attempt=1)
+        cancel_jobs([b], "by hand")
+
+        def complete(pk: int = a) -> None:  # what a runner's ack does
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE django_relay_job SET state = 'completed', finished_at = now()"
+                    " WHERE id = %s",
+                    [pk],
+                )
+
+        race(complete, lambda pk=b: retry_jobs([pk]))
+        states = workflow.states()
+        if states != {"a": "completed", "b": "available"}:
+            stuck.append((trial, states))
+    assert stuck == []
