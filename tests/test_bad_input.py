@@ -147,7 +147,8 @@ async def _connect() -> psycopg.AsyncConnection:
 async def _insert_waiting_on_a_lock(conn: psycopg.AsyncConnection) -> bool:
     async with conn.cursor() as cur:
         await cur.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
             " AND query LIKE '%%INSERT INTO django_relay_job%%'"
         )
         row = await cur.fetchone()
