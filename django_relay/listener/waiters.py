@@ -113,6 +113,13 @@ def _enqueue_failed(exc: Exception) -> Exception:
     return error
 
 
+def _refused(exc: Exception) -> bool:
+    # The database answered that it refuses the statement (a constraint, bad data, a
+    # trigger's error): nothing was inserted and the connection is fine. A connection
+    # failure (OperationalError) may have inserted the rows: never split those.
+    return isinstance(exc, psycopg.DatabaseError) and not isinstance(exc, psycopg.OperationalError)
+
+
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
@@ -159,23 +166,35 @@ class Registry:
             while self._inserts:
                 batch, self._inserts = self._inserts, []
                 rows = [row for row, _, _ in batch]
-                try:
-                    # Not retried: after a lost reply the job may exist; the callers
-                    # see the error, as they would from enqueue().
-                    returned = await self.insert_link.run(
-                        partial(queries.ainsert_jobs, jobs=rows), retry=False
-                    )
-                except Exception as exc:
-                    error = _enqueue_failed(exc)
-                    for _, waiter, inserted in batch:
-                        waiter.loop.call_soon_threadsafe(_fail, inserted, error)
-                    continue
-                for (_, waiter, inserted), saved in zip(batch, returned, strict=True):
+                outcomes = await self._insert_each(rows)
+                for (_, waiter, inserted), saved in zip(batch, outcomes, strict=True):
+                    if isinstance(saved, Exception):
+                        waiter.loop.call_soon_threadsafe(_fail, inserted, saved)
+                        continue
                     waiter.job_id = saved[0]
                     self.add(waiter)  # subscribe, then check
                     waiter.loop.call_soon_threadsafe(_resolve, inserted, saved)
         finally:
             self._inserting = False
+
+    async def _insert_each(self, rows: list[queries.NewJob]) -> list[tuple[Any, ...] | Exception]:
+        """Insert ``rows``: what each returned, or the error that each one alone failed with.
+
+        A statement the database refuses inserted nothing, so it is split in halves
+        and each half inserted again: only the rows it refuses fail, each with its
+        own error, for ``log2(len(rows))`` extra statements per refused row.
+        """
+        try:
+            # Not retried: after a lost reply the job may exist; the callers
+            # see the error, as they would from enqueue().
+            return list(
+                await self.insert_link.run(partial(queries.ainsert_jobs, jobs=rows), retry=False)
+            )
+        except Exception as exc:
+            if len(rows) == 1 or not _refused(exc):
+                return [_enqueue_failed(exc)] * len(rows)
+        half = len(rows) // 2
+        return [*await self._insert_each(rows[:half]), *await self._insert_each(rows[half:])]
 
     def remove(self, waiter: Waiter) -> None:
         waiter.active = False
