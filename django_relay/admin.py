@@ -7,23 +7,24 @@ it neither see the action nor can force it with a crafted POST.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import unquote
-from django.db.models import Count, Q, QuerySet, TextField
-from django.db.models.functions import Cast
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, TextField
+from django.db.models.functions import Cast, Now
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
+from django.utils.translation import gettext_lazy as _, ngettext
 
 from django_relay import codec
-from django_relay.awaiting import signal_sync
+from django_relay.conf import settings
+from django_relay.exceptions import EncodeError
 from django_relay.graph import render_svg
 from django_relay.jobs import cancel_jobs, retry_jobs
 from django_relay.models import (
@@ -35,13 +36,80 @@ from django_relay.models import (
     Node,
     WorkflowRun,
 )
+from django_relay.signalling import signal_sync
 from django_relay.workflow import Workflow
 
 
 def _pretty(value: Any) -> str:
+    try:
+        data = codec.to_json(value)
+    except EncodeError:
+        # A row written past the codec (raw SQL, an older version) still shows.
+        data = value
     return format_html(
-        "<pre>{}</pre>", json.dumps(codec.to_json(value), indent=2, ensure_ascii=False)
+        "<pre>{}</pre>", json.dumps(data, indent=2, ensure_ascii=False, default=repr)
     )
+
+
+_UNFINISHED_STATES = [state for state in JobState if state not in TERMINAL_STATES]
+
+
+def _run_is_unfinished(run: Any) -> Exists:
+    return Exists(Job.objects.filter(workflow=run, state__in=_UNFINISHED_STATES))
+
+
+class SafeDeleteMixin:
+    """Delete only rows nothing live needs, from the object's page and in bulk alike.
+
+    ``deletable(queryset)`` narrows a queryset to the rows that are safe to delete.
+    An unsafe row offers no Delete button, its delete page is refused, and a bulk
+    "delete selected" that includes one lists it as protected and deletes nothing.
+    The deletion itself is narrowed again, in SQL, in case a row changed meanwhile.
+    """
+
+    model: Any
+    #: Why a row cannot be deleted, shown on the refusal page.
+    undeletable_reason: Any = ""
+
+    def deletable(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        raise NotImplementedError
+
+    def _one(self, obj: Any) -> QuerySet[Any]:
+        return self.deletable(self.model._default_manager.filter(pk=obj.pk))
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if not super().has_delete_permission(request, obj):  # type: ignore[misc]
+            return False
+        return obj is None or self._one(obj).exists()
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(  # type: ignore[misc]
+            objs, request
+        )
+        objs = list(objs)
+        safe = set(
+            self.deletable(
+                self.model._default_manager.filter(pk__in=[o.pk for o in objs])
+            ).values_list("pk", flat=True)
+        )
+        unsafe = [f"{obj}: {self.undeletable_reason}" for obj in objs if obj.pk not in safe]
+        # The collector asks has_delete_permission(obj) of every row, so an unsafe row
+        # reads as a missing permission: name only permissions the user really lacks,
+        # and list unsafe rows as protected, saying why.
+        registry = self.admin_site._registry  # type: ignore[attr-defined]
+        granted = {
+            str(model._meta.verbose_name)
+            for model, model_admin in registry.items()
+            if model_admin.has_delete_permission(request)
+        }
+        lacking = {name for name in perms_needed if str(name) not in granted}
+        return deleted, counts, lacking, [*protected, *unsafe]
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        self._one(obj).delete()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self.deletable(queryset).delete()
 
 
 class WaitingForSignalFilter(admin.SimpleListFilter):
@@ -91,7 +159,7 @@ class JobSignalInline(admin.TabularInline):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(SafeDeleteMixin, admin.ModelAdmin):
     list_display = (
         "id",
         "worker_name",
@@ -125,6 +193,14 @@ class JobAdmin(admin.ModelAdmin):
         "attempted_by",
     )
     readonly_fields = fields
+    undeletable_reason = _(
+        "not finished, or a step of a workflow that is still running (its dependents read it)"
+    )
+
+    def deletable(self, queryset: QuerySet[Job]) -> QuerySet[Job]:
+        return queryset.filter(state__in=TERMINAL_STATES).exclude(
+            _run_is_unfinished(OuterRef("workflow_id"))
+        )
 
     # -- display ------------------------------------------------------------
 
@@ -289,9 +365,17 @@ class JobAdmin(admin.ModelAdmin):
 
 
 @admin.register(Node)
-class NodeAdmin(admin.ModelAdmin):
+class NodeAdmin(SafeDeleteMixin, admin.ModelAdmin):
     list_display = ("id", "hostname", "pid", "queues", "started_at", "heartbeat_at")
     readonly_fields = list_display
+    undeletable_reason = _(
+        "its runner is alive (it heartbeated within RESCUE_AFTER); deleting it would "
+        "hand its running jobs to another runner"
+    )
+
+    def deletable(self, queryset: QuerySet[Node]) -> QuerySet[Node]:
+        stale = Now() - dt.timedelta(seconds=settings.RESCUE_AFTER)
+        return queryset.filter(heartbeat_at__lt=stale)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -302,7 +386,6 @@ class NodeAdmin(admin.ModelAdmin):
 
 # -- workflows --------------------------------------------------------------
 
-_UNFINISHED_STATES = [state for state in JobState if state not in TERMINAL_STATES]
 _FAILED_STATES = [JobState.DISCARDED, JobState.CANCELLED]
 
 
@@ -336,7 +419,7 @@ class WorkflowStateFilter(admin.SimpleListFilter):
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(admin.ModelAdmin):
+class WorkflowRunAdmin(SafeDeleteMixin, admin.ModelAdmin):
     """Workflow runs: state derived from their steps; the detail page draws the graph."""
 
     list_display = ("id", "name", "status", "progress", "inserted_at")
@@ -346,6 +429,10 @@ class WorkflowRunAdmin(admin.ModelAdmin):
     actions = ("cancel",)
     fields = ("id", "name", "status", "progress", "inserted_at")
     readonly_fields = fields
+    undeletable_reason = _("still running: cancel it first")
+
+    def deletable(self, queryset: QuerySet[WorkflowRun]) -> QuerySet[WorkflowRun]:
+        return queryset.exclude(_run_is_unfinished(OuterRef("pk")))
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[WorkflowRun]:
         return (

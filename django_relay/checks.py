@@ -105,7 +105,7 @@ def _positive(value: object) -> bool:
 
 
 def _check_queues(queues: object) -> list[Error | Warning]:
-    from django_relay.workers import validate_queue
+    from django_relay.registry import validate_queue
 
     if not isinstance(queues, dict) or not queues:
         return [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -59,41 +60,120 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def to_json(value: Any, path: str = "$") -> Any:
-    """Return ``value`` as plain JSON data, tagging the allow-listed types.
+#: Deepest nesting of lists and dicts stored (the value itself is level 1). Python's
+#: json and PostgreSQL's jsonb both recurse once per level: a deeper value could be
+#: refused by the database, or stored and then kill every process that reads it.
+MAX_DEPTH = 100
+#: Longest int stored, in decimal digits: Python refuses by default to convert a
+#: longer one to or from text (``sys.get_int_max_str_digits()``), so no runner could
+#: read it back.
+MAX_INT_DIGITS = 4300
+_INT_BOUND = 10**MAX_INT_DIGITS
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-    Raises:
-        EncodeError: naming the path of the first value that cannot be stored.
-    """
+
+class _Refused(Exception):
+    """A value :func:`to_json` refuses; each level it passes through adds its step of the path."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.steps: list[str] = []
+
+
+def _check_text(text: str, what: str) -> None:
+    # jsonb has no way to hold NUL (even escaped), nor UTF-8 for a lone surrogate.
+    if "\x00" in text:
+        raise _Refused(f"{what} holds a NUL character (\\u0000), which PostgreSQL cannot store")
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            raise _Refused(
+                f"{what} holds a lone surrogate ({text[exc.start]!r}), which is not valid UTF-8"
+            ) from None
+
+
+def _key_step(key: str) -> str:
+    return f".{key}" if _NAME.fullmatch(key) else f"[{json.dumps(key)}]"
+
+
+def _walk(value: Any, depth: int) -> Any:
     kind = type(value)
-    if value is None or kind is str or kind is bool or kind is int:
+    if value is None or kind is bool:
         return value
+    if kind is str:
+        if "\x00" in value or not value.isascii():
+            _check_text(value, "the string")
+        return value
+    if kind is int:
+        if -_INT_BOUND < value < _INT_BOUND:
+            return value
+        raise _Refused(f"an int of more than {MAX_INT_DIGITS} digits cannot be stored")
     if kind is float:
         if not math.isfinite(value):
-            raise EncodeError(f"{path}: {value!r} is not valid JSON (only finite floats are)")
+            raise _Refused(f"{value!r} is not valid JSON (only finite floats are)")
         return value
-    if kind is dict:
+    if kind is dict or kind is list or kind is tuple:
+        if depth >= MAX_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels (lists and dicts)")
+        depth += 1
+        if kind is not dict:
+            items: list[Any] = []
+            try:
+                for item in value:
+                    items.append(_walk(item, depth))
+            except _Refused as exc:
+                exc.steps.append(f"[{len(items)}]")
+                raise
+            return items
         out = {}
         for key, item in value.items():
             if type(key) is not str:
-                raise EncodeError(f"{path}: dict keys must be str, not {type(key).__name__}")
-            out[key] = to_json(item, f"{path}.{key}")
+                raise _Refused(f"dict keys must be str, not {type(key).__name__}")
+            if "\x00" in key or not key.isascii():
+                _check_text(key, f"the dict key {key!r}")
+            try:
+                out[key] = _walk(item, depth)
+            except _Refused as exc:
+                exc.steps.append(_key_step(key))
+                raise
         if TAG in out:
             return {TAG: "dict", "v": list(out.items())}
         return out
-    if kind is list or kind is tuple:
-        return [to_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
     encoder = _ENCODERS.get(kind)
     if encoder is None and isinstance(value, (str, int)):
         # str/int subclasses, such as Django's TextChoices and IntEnum members.
-        return to_json(str(value) if isinstance(value, str) else int(value), path)
+        return _walk(str(value) if isinstance(value, str) else int(value), depth)
     if encoder is None:
-        raise EncodeError(
-            f"{path}: {kind.__name__} is not serializable; use JSON types, datetime, "
+        raise _Refused(
+            f"{kind.__name__} is not serializable; use JSON types, datetime, "
             "date, time, Decimal or UUID"
         )
     tag, encode = encoder
     return {TAG: tag, "v": encode(value)}
+
+
+def to_json(value: Any, path: str = "$") -> Any:
+    """Return ``value`` as plain JSON data, tagging the allow-listed types.
+
+    Refused, besides types the codec does not know: what PostgreSQL's ``jsonb``
+    cannot hold or a reader could not parse back, namely NaN and infinities, a
+    NUL character or a lone surrogate in a string or a dict key, an int of more
+    than :data:`MAX_INT_DIGITS` digits, and nesting deeper than :data:`MAX_DEPTH`.
+
+    Args:
+        value: The value to encode.
+        path: The name of the value's root in error messages (``args``, ``result``).
+
+    Raises:
+        EncodeError: naming the path of the first value that cannot be stored,
+            e.g. ``args.items[3].name: the string holds a NUL character ...``.
+    """
+    try:
+        return _walk(value, 0)
+    except _Refused as exc:
+        where = path + "".join(reversed(exc.steps))
+        raise EncodeError(f"{where}: {exc.reason}") from None
 
 
 def _from_object(obj: dict[str, Any]) -> Any:

@@ -1,4 +1,4 @@
-"""A websocket consumer that streams job events (see :mod:`django_relay.events`)."""
+"""A websocket consumer that streams job events (see :mod:`django_relay.listener.events`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from django_relay import events
 from django_relay.conf import settings
+from django_relay.listener import events
 
 
 class JobEventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]

@@ -59,7 +59,9 @@ def _json_field(**kwargs: Any) -> models.JSONField:
 # does not ignore that), or keep holding it. Locking the dependents first makes two
 # deps finishing in concurrent transactions safe: the second waits for the first
 # to commit, and the UPDATE (a new statement, so a new snapshot) then sees both.
-# Cancelling a dependent fires this trigger again: cascades are transitive.
+# Cancelling a dependent fires this trigger again: cascades are transitive. Its
+# error entry names the ``cause`` (the dep's job id): whoever finished that dep can
+# read back what the cascade cancelled, and retrying the dep can hold it again.
 WORKFLOW_ADVANCE = """
 PERFORM 1 FROM django_relay_job
 WHERE workflow_id = NEW.workflow_id AND state = 'suspended' AND deps ? NEW.step
@@ -70,7 +72,7 @@ UPDATE django_relay_job AS d SET
     finished_at = CASE WHEN s.next_state = 'cancelled' THEN now() END,
     errors = CASE WHEN s.next_state = 'cancelled' THEN d.errors || jsonb_build_array(
         jsonb_build_object('attempt', d.attempt, 'at', now(), 'kind', 'cancel',
-                           'error', s.reason)) ELSE d.errors END
+                           'error', s.reason, 'cause', NEW.id)) ELSE d.errors END
 FROM (
     SELECT c.id,
            CASE WHEN bool_or(p.state = 'cancelled' AND NOT c.ignore_cancelled

@@ -14,13 +14,13 @@ from typing import Any
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import transaction
 
-from django_relay.awaiting import signal_sync
 from django_relay.conf import settings
+from django_relay.enqueue import enqueue_many
 from django_relay.exceptions import RelayError
 from django_relay.jobs import cancel_jobs
 from django_relay.models import TERMINAL_STATES, Job, JobState, WorkflowRun
-from django_relay.relay import await_many
-from django_relay.workers import enqueue_many
+from django_relay.results import await_many
+from django_relay.signalling import signal_sync
 
 
 class WorkflowError(RelayError, ValueError):

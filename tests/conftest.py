@@ -125,7 +125,7 @@ def _stop_listener_before_database_teardown(django_db_setup: None) -> Iterator[N
     # The test process's listener holds connections to the test database, which
     # could not be dropped while they are open.
     yield
-    from django_relay.notifier import stop_notifier
+    from django_relay.listener.notifier import stop_notifier
 
     stop_notifier()
     # Async tests reach the ORM through asgiref's single thread-sensitive executor,

@@ -157,3 +157,17 @@ def test_a_row_the_codec_refuses_still_shows_in_the_admin():
     assert client.get(CHANGELIST).status_code == 200
     page = client.get(reverse("admin:django_relay_job_change", args=[job.pk]))
     assert page.status_code == 200 and b"pickle" in page.content
+
+
+def test_a_row_nested_deeper_than_the_codec_stores_still_shows_in_the_admin():
+    client = csrf_client(staff())
+    job = ApprovalWorker.enqueue({})
+    from django.db import connection
+
+    deep = "[" * 150 + "]" * 150
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE django_relay_job SET args = %s::jsonb WHERE id = %s", [deep, job.pk])
+    page = client.get(reverse("admin:django_relay_job_change", args=[job.pk]))
+    assert page.status_code == 200 and b"[" * 150 in page.content.replace(b" ", b"").replace(
+        b"\n", b""
+    )

@@ -172,6 +172,67 @@ def test_unserializable_values_are_refused_naming_their_path(value, path, detail
     assert detail in message
 
 
+def _nested(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "path", "detail"),
+    [
+        # What PostgreSQL's jsonb refuses (DataError, UnicodeEncodeError) ...
+        ({"items": [0, 1, 2, {"name": "a\x00b"}]}, "args.items[3].name", "NUL"),
+        ({"s": "x\udc80"}, "args.s", "lone surrogate"),
+        ({"s": ["ok", "\ud800"]}, "args.s[1]", "lone surrogate"),
+        # ... and in keys, where the path names the dict holding the key.
+        ({"d": {"k\x00": 1}}, "args.d", "NUL"),
+        ({"d": {"\udfff": 1}}, "args.d", "lone surrogate"),
+        # What json.dumps or json.loads cannot convert (ValueError, RecursionError).
+        ({"n": 10**5000}, "args.n", "4300 digits"),
+        ({"n": [-(10**4300)]}, "args.n[0]", "4300 digits"),
+        ({"deep": _nested(1000)}, "args.deep" + "[0]" * 99, "deeper than 100"),
+        # A key that is not a plain name is quoted in the path.
+        ({"a.b": {"c d": "\x00"}}, 'args["a.b"]["c d"]', "NUL"),
+    ],
+    ids=[
+        "nul",
+        "surrogate",
+        "surrogate-in-list",
+        "nul-key",
+        "surrogate-key",
+        "huge-int",
+        "huge-negative-int",
+        "deep",
+        "quoted-keys",
+    ],
+)
+def test_values_postgresql_or_a_reader_would_refuse_are_refused_naming_their_path(
+    value, path, detail
+):
+    with pytest.raises(EncodeError) as excinfo:
+        codec.dumps(value, what="args")
+    message = str(excinfo.value)
+    assert message.startswith(f"{path}: ")
+    assert detail in message
+    assert "\x00" not in message and "\udc80" not in message  # the message itself is storable
+    message.encode()
+
+
+def test_the_depth_and_int_limits_are_inclusive_and_round_trip():
+    assert roundtrip(_nested(codec.MAX_DEPTH)) == _nested(codec.MAX_DEPTH)
+    with pytest.raises(EncodeError, match="deeper than"):
+        codec.dumps(_nested(codec.MAX_DEPTH + 1))
+    biggest = 10**codec.MAX_INT_DIGITS - 1
+    assert roundtrip([biggest, -biggest]) == [biggest, -biggest]
+
+
+def test_the_jsonfield_encoder_refuses_a_nul_too():
+    with pytest.raises(EncodeError, match=r"^\$\.a: .*NUL"):
+        json.dumps({"a": "\x00"}, cls=codec.JSONEncoder)
+
+
 def test_the_path_root_defaults_to_value():
     with pytest.raises(EncodeError, match=r"^value\[0\]: set is not serializable"):
         codec.dumps([set()])

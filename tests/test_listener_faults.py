@@ -11,9 +11,9 @@ import pytest
 from django.db import connection
 
 from django_relay import queries, signals
+from django_relay.listener.notifier import Notifier
+from django_relay.listener.waiters import get_registry
 from django_relay.models import Job
-from django_relay.notifier import Notifier
-from django_relay.waiting import get_registry
 from tests.conftest import await_for, wait_for
 from tests.workers import EchoWorker
 

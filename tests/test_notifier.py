@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 from django.test import override_settings
 
-from django_relay.notifier import Notifier
+from django_relay.listener.notifier import Notifier
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

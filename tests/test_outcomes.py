@@ -13,7 +13,7 @@ import pytest
 from django_relay import Cancel, Snooze, codec
 from django_relay.engine.executor import decide, describe
 from django_relay.models import Job, JobState
-from django_relay.workers import default_backoff
+from django_relay.registry import default_backoff
 from tests.workers import EchoWorker
 
 LIMIT = 8192

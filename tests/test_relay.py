@@ -31,9 +31,9 @@ from django_relay import (
     pg,
     queries,
 )
+from django_relay.listener.notifier import get_notifier
+from django_relay.listener.waiters import get_registry as _registry
 from django_relay.models import Job
-from django_relay.notifier import get_notifier
-from django_relay.waiting import get_registry as _registry
 from tests.conftest import REPO_ROOT, await_for
 from tests.workers import (
     CancelWorker,

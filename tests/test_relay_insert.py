@@ -11,8 +11,8 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 
 from django_relay import RelayTimeout, pg, queries
+from django_relay.listener.waiters import get_registry
 from django_relay.models import Job
-from django_relay.waiting import get_registry
 from tests.conftest import await_for
 from tests.workers import EchoWorker
 

@@ -85,7 +85,7 @@ def enqueue_when_up(server: Server, worker: str, count: int) -> list[int]:
 def test_a_listener_whose_server_stops_answering_reconnects(pg_server):  # noqa: F811
     from django.test import override_settings
 
-    from django_relay.notifier import Notifier
+    from django_relay.listener.notifier import Notifier
 
     notifier = Notifier()
     fast = {"LISTENER_PING_INTERVAL": 0.2, "LISTENER_PING_TIMEOUT": 0.5, "CONNECT_TIMEOUT": 2}

@@ -16,7 +16,7 @@ from django.utils import timezone
 from django_relay import aenqueue_many, enqueue_many, signals, worker
 from django_relay.exceptions import EncodeError, WorkerError
 from django_relay.models import Job, JobState
-from django_relay.workers import WorkerOptions, options_of, resolve
+from django_relay.registry import WorkerOptions, options_of, resolve
 from tests.workers import EchoWorker
 
 

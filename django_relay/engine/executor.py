@@ -21,13 +21,14 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 
 from django_relay import codec, signals
-from django_relay.awaiting import WaitForSignal
 from django_relay.conf import settings
 from django_relay.context import current_job
 from django_relay.exceptions import EncodeError, WorkerError
+from django_relay.jobs import cascade_cancelled
 from django_relay.models import Job, JobState
 from django_relay.queries import Ack
-from django_relay.workers import Cancel, Snooze, default_backoff, options_of, resolve
+from django_relay.registry import Cancel, Snooze, default_backoff, lookup, options_of, resolve
+from django_relay.signalling import WaitForSignal
 
 logger = logging.getLogger("django_relay")
 
@@ -244,7 +245,21 @@ def report(
             job.max_attempts,
         )
     signal = _OUTCOME_SIGNALS.get(ack.state)  # type: ignore[call-overload]
+    if _may_cascade(job, ack) and signals.job_cancelled.receivers:
+        return _send_with_cascade(signal, klass, job)
     if signal is None or not signal.receivers:
         return None
     # Async receivers run on the caller's loop, sync ones in a thread.
     return signal.asend(sender=klass, job=job)
+
+
+def _may_cascade(job: Job, ack: Ack) -> bool:
+    return job.workflow_id is not None and ack.state in (JobState.DISCARDED, JobState.CANCELLED)
+
+
+async def _send_with_cascade(signal: Any, klass: type | None, job: Job) -> None:
+    # The ack's trigger cancelled the step's dependents: job_cancelled for them too.
+    if signal.receivers:
+        await signal.asend(sender=klass, job=job)
+    for dependent in await sync_to_async(cascade_cancelled)([job.id]):
+        await signals.job_cancelled.asend(sender=lookup(dependent.worker), job=dependent)

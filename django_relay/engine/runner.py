@@ -16,7 +16,7 @@ from django_relay.engine import executor
 from django_relay.engine.acker import Acker
 from django_relay.engine.lifeline import Heartbeat, Lifeline
 from django_relay.engine.producer import Producer
-from django_relay.notifier import get_notifier
+from django_relay.listener.notifier import get_notifier
 from django_relay.pg import Link
 
 logger = logging.getLogger("django_relay")

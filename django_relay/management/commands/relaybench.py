@@ -21,8 +21,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from django_relay import pg, queries
-from django_relay.benchworkers import AddWorker as _AddWorker
-from django_relay.benchworkers import NoopWorker as _NoopWorker
+from django_relay.management.commands._benchworkers import (
+    AddWorker as _AddWorker,
+    NoopWorker as _NoopWorker,
+)
 from django_relay.models import Job
 
 QUEUE = "relaybench"
@@ -194,7 +196,7 @@ async def _noop_throughput(n: int) -> float:
     """Jobs per second from the moment ``n`` no-op jobs are committed until all finish."""
     from asgiref.sync import sync_to_async
 
-    from django_relay.workers import enqueue_many
+    from django_relay.enqueue import enqueue_many
 
     await sync_to_async(enqueue_many)([NoopWorker.new() for _ in range(n)])
     started = time.perf_counter()

@@ -14,7 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_relay.conf import settings
 from django_relay.engine.runner import Runner
-from django_relay.workers import validate_queue
+from django_relay.registry import validate_queue
 
 _DIGITS = re.compile(r"[0-9]+")
 

@@ -27,9 +27,9 @@ from django_relay import codec, queries, signals
 from django_relay.conf import settings
 from django_relay.context import current_job
 from django_relay.exceptions import SignalTimeout
+from django_relay.listener.notifier import get_notifier
 from django_relay.models import Job
-from django_relay.notifier import get_notifier
-from django_relay.workers import _registry
+from django_relay.registry import lookup
 
 #: How long a snooze "forever" (``wait_for=None``) lasts: a signal ends it sooner.
 _FOREVER = 10 * 365 * 86_400.0
@@ -190,7 +190,7 @@ def signal_sync(
     if signals.job_signalled.receivers:
         for job_id, worker_path in delivered:
             signals.job_signalled.send(
-                sender=_registry.get(worker_path),
+                sender=lookup(worker_path),
                 job_id=job_id,
                 payload=payload,
                 signal_sender=sender,

@@ -1,4 +1,4 @@
-"""The waiters of this process, served by its listener (see :mod:`django_relay.relay`).
+"""The waiters of this process, served by its listener (see :mod:`django_relay.results`).
 
 A waiter is registered on the listener's loop before its job is read (subscribe,
 then check). Each ``relay_finished`` NOTIFY names a job; the registry reads the
@@ -33,8 +33,8 @@ from django_relay.exceptions import (
     RelayError,
     ResultTooLarge,
 )
+from django_relay.listener.notifier import Notifier, get_notifier
 from django_relay.models import TERMINAL_STATES
-from django_relay.notifier import Notifier, get_notifier
 from django_relay.pg import CONNECTION_ERRORS, Link
 
 logger = logging.getLogger("django_relay")
@@ -101,6 +101,13 @@ class Waiter:
 def _resolve(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():  # it may have timed out meanwhile: drop the late news
         future.set_result(value)
+
+
+def _refused(exc: Exception) -> bool:
+    # The database answered that it refuses the statement (a constraint, bad data, a
+    # trigger's error): nothing was inserted and the connection is fine. A connection
+    # failure (OperationalError) is not a refusal: the batch is sent again as it is.
+    return isinstance(exc, psycopg.DatabaseError) and not isinstance(exc, psycopg.OperationalError)
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
@@ -199,8 +206,21 @@ class Registry:
                 delay = min(delay * 2, 5.0)
                 continue
             except Exception as exc:
+                if not _refused(exc):
+                    for entry in batch:
+                        entry.waiter.loop.call_soon_threadsafe(_fail, entry.inserted, exc)
+                    return
+                # Refused: nothing was inserted. Split the batch in halves and insert
+                # each again, so only the rows it refuses fail, each with its own
+                # error, for log2(len(batch)) extra statements per refused row.
                 for entry in batch:
-                    entry.waiter.loop.call_soon_threadsafe(_fail, entry.inserted, exc)
+                    entry.sent = False
+                if len(batch) == 1:
+                    batch[0].waiter.loop.call_soon_threadsafe(_fail, batch[0].inserted, exc)
+                    return
+                half = len(batch) // 2
+                await self._insert_batch(batch[:half])
+                await self._insert_batch(batch[half:])
                 return
             for entry, saved in zip(batch, returned, strict=True):
                 entry.waiter.job_id = saved[0]

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from django_relay.conf import settings
-from django_relay.notifier import get_notifier
+from django_relay.listener.notifier import get_notifier
 from django_relay.queries import FINISHED_CHANNEL, finished_payload
 
 logger = logging.getLogger("django_relay")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django_relay.workers import worker
+from django_relay.decorators import worker
 
 
 @worker(queue="relaybench")

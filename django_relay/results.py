@@ -2,27 +2,29 @@
 
 The waiting itself (subscribe, then check; batched reads; the backup poll; the
 re-read on reconnect) is done by the process's listener: see
-:mod:`django_relay.waiting`.
+:mod:`django_relay.listener.waiters`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from asgiref.sync import AsyncToSync, async_to_sync, sync_to_async
+from django.db import connections
 
 from django_relay import signals
 from django_relay.conf import settings
+from django_relay.enqueue import encode, mark_saved, new
 from django_relay.exceptions import (
     RelayError,
     RelayTimeout,
 )
+from django_relay.listener.waiters import Outcome, Registry, Waiter, get_registry, listening
 from django_relay.models import Job
-from django_relay.waiting import Outcome, Registry, Waiter, get_registry, listening
-from django_relay.workers import encode, ensure_not_in_transaction, mark_saved, resolve
+from django_relay.registry import lookup
 
 logger = logging.getLogger("django_relay")
 
@@ -56,6 +58,20 @@ def _forget(registry: Registry, waiters: list[Waiter]) -> None:
     for waiter in waiters:
         waiter.active = False
         registry.notifier.call_soon(registry.remove, waiter)
+
+
+def ensure_not_in_transaction(action: str) -> None:
+    """Refuse to wait for a job from inside an open transaction: it cannot succeed.
+
+    Raises:
+        RelayError: a transaction is open on the jobs' database connection.
+    """
+    if connections[settings.DATABASE_ALIAS].in_atomic_block:
+        raise RelayError(
+            f"{action} inside an open transaction (transaction.atomic or ATOMIC_REQUESTS) "
+            "would always time out: no runner can see the job before the transaction "
+            "commits. Commit first (e.g. transaction.on_commit) or wait outside it."
+        )
 
 
 async def _refuse_open_transaction(action: str) -> None:
@@ -199,7 +215,7 @@ async def relay_job(
         try:
             mark_saved([job], [saved])
             if signals.job_enqueued.receivers:
-                await signals.job_enqueued.asend(sender=resolve(job.worker), job=job)
+                await signals.job_enqueued.asend(sender=lookup(job.worker), job=job)
         except BaseException:
             _forget(registry, [waiter])  # cancelled, or a receiver raised
             raise
@@ -219,6 +235,31 @@ async def relay_job(
 def _give_up(job_id: int, reason: str) -> None:
     registry = get_registry()
     registry.notifier.submit(registry.cancel_unstarted(job_id, reason))
+
+
+async def relay_new(
+    klass: type,
+    args: Mapping[str, Any] | None = None,
+    *,
+    timeout: float | None = None,
+    poll_interval: float | None = None,
+    with_retries: bool = False,
+    cancel_on_timeout: bool = False,
+    **opts: Any,
+) -> Any:
+    """``Worker.relay``: build a job for ``klass`` and relay it (see :func:`relay_job`)."""
+    return await relay_job(
+        new(klass, args, **opts),
+        timeout=timeout,
+        poll_interval=poll_interval,
+        with_retries=with_retries,
+        cancel_on_timeout=cancel_on_timeout,
+    )
+
+
+def relay_new_sync(klass: type, args: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+    """See relay_new()."""
+    return async_to_sync(relay_new)(klass, args, **kwargs)
 
 
 def await_result_sync(job_or_id: Job | int, **kwargs: Any) -> Any:

@@ -1,0 +1,157 @@
+"""Building and inserting jobs: ``Worker.new``/``enqueue``, ``enqueue_many``.
+
+Every job is validated and encoded before anything is sent, so bad input raises
+here and inserts nothing. Inserts run on Django's connection: they join the
+caller's transaction, and a rollback un-enqueues them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import connections
+from django.utils import timezone
+
+from django_relay import codec, queries, signals
+from django_relay.conf import settings
+from django_relay.exceptions import EncodeError
+from django_relay.models import Job
+from django_relay.registry import (
+    is_seconds,
+    lookup,
+    options_of,
+    validate_max_attempts,
+    validate_priority,
+    validate_queue,
+)
+
+
+def new(
+    klass: type,
+    args: Mapping[str, Any] | None = None,
+    *,
+    queue: str | None = None,
+    priority: int | None = None,
+    max_attempts: int | None = None,
+    scheduled_at: dt.datetime | None = None,
+    schedule_in: float | dt.timedelta | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> Job:
+    """Build an unsaved :class:`Job` for this worker (see ``@worker`` for defaults)."""
+    options = options_of(klass)
+    if args is None:
+        args = {}
+    if not isinstance(args, Mapping):
+        raise EncodeError(f"args must be a dict, not {type(args).__name__}")
+    if meta is not None and not isinstance(meta, Mapping):
+        raise EncodeError(f"meta must be a dict, not {type(meta).__name__}")
+    if scheduled_at is not None and schedule_in is not None:
+        raise ValueError("give scheduled_at or schedule_in, not both")
+    if schedule_in is not None:
+        if isinstance(schedule_in, dt.timedelta):
+            schedule_in = schedule_in.total_seconds()
+        if not is_seconds(schedule_in):
+            raise ValueError(f"schedule_in must be seconds or a timedelta, not {schedule_in!r}")
+        scheduled_at = timezone.now() + dt.timedelta(seconds=schedule_in)
+    if scheduled_at is not None and not isinstance(scheduled_at, dt.datetime):
+        raise ValueError(f"scheduled_at must be a datetime, not {scheduled_at!r}")
+    if scheduled_at is not None and timezone.is_naive(scheduled_at):
+        raise ValueError("scheduled_at must be timezone-aware")
+    job = Job(
+        worker=klass.__relay_worker__,  # type: ignore[attr-defined]
+        queue=validate_queue(options.queue if queue is None else queue),
+        priority=validate_priority(options.priority if priority is None else priority),
+        max_attempts=validate_max_attempts(
+            options.max_attempts if max_attempts is None else max_attempts
+        ),
+        args=dict(args),
+        meta=dict(meta or {}),
+    )
+    job.scheduled_at = scheduled_at  # type: ignore[assignment]  # None: the database's now()
+    return job
+
+
+def enqueue(klass: type, args: Mapping[str, Any] | None = None, **opts: Any) -> Job:
+    """Insert a job for this worker, inside the caller's transaction if one is open."""
+    return enqueue_many([new(klass, args, **opts)])[0]
+
+
+async def aenqueue(klass: type, args: Mapping[str, Any] | None = None, **opts: Any) -> Job:
+    """See enqueue()."""
+    return await sync_to_async(enqueue)(klass, args, **opts)
+
+
+def encode(job: Job) -> queries.NewJob:
+    """The row to insert for an unsaved job, its JSON encoded and size-checked.
+
+    Raises:
+        EncodeError: args or meta cannot be stored.
+    """
+    if not isinstance(job, Job):
+        raise TypeError(f"enqueue_many takes Job instances (from Worker.new()), not {job!r}")
+    if not job._state.adding:
+        raise ValueError(f"job {job.pk} is already saved")
+    limit = settings.MAX_ARGS_BYTES
+    return queries.NewJob(
+        worker=job.worker,
+        queue=job.queue,
+        args=codec.dumps(job.args, limit=limit, what="args"),
+        meta=codec.dumps(job.meta, limit=limit, what="meta"),
+        max_attempts=job.max_attempts,
+        priority=job.priority,
+        scheduled_at=job.scheduled_at,
+        state=job.state if job.state == "suspended" else None,
+        workflow_id=job.workflow_id,
+        step=job.step,
+        deps=codec.dumps(list(job.deps)) if job.deps else None,
+        ignore_cancelled=job.ignore_cancelled,
+        ignore_discarded=job.ignore_discarded,
+    )
+
+
+def enqueue_many(jobs: Iterable[Job] | Any) -> list[Job]:
+    """Insert many jobs (or a workflow's) in one statement; return them saved.
+
+    Every job is encoded before anything is sent, so one bad job inserts nothing.
+    The very instances given are saved: each has its ``id`` afterwards.
+
+    Raises:
+        EncodeError: a job's args or meta cannot be stored (nothing is inserted).
+    """
+    if hasattr(jobs, "enqueue") and not isinstance(jobs, Iterable):
+        return jobs.enqueue()  # a Workflow
+    jobs = list(jobs)
+    if not jobs:
+        return []
+    if len({id(job) for job in jobs}) != len(jobs):
+        # It would be inserted twice, and keep only the last row's id.
+        raise ValueError("enqueue_many was given the same Job instance twice")
+    rows = [encode(job) for job in jobs]
+    with connections[settings.DATABASE_ALIAS].cursor() as cursor:
+        returned = queries.insert_jobs(cursor, rows)
+    mark_saved(jobs, returned)
+    if signals.job_enqueued.receivers:
+        for job in jobs:
+            signals.job_enqueued.send(sender=lookup(job.worker), job=job)
+    return jobs
+
+
+def mark_saved(jobs: Iterable[Job], returned: Iterable[tuple[Any, ...]]) -> None:
+    """Give inserted jobs what the INSERT returned: ``(id, state, scheduled_at, inserted_at)``."""
+    for job, (job_id, state, scheduled_at, inserted_at) in zip(jobs, returned, strict=True):
+        job.id, job.state, job.scheduled_at, job.inserted_at = (
+            job_id,
+            state,
+            scheduled_at,
+            inserted_at,
+        )
+        job._state.adding = False
+        job._state.db = settings.DATABASE_ALIAS
+
+
+async def aenqueue_many(jobs: Iterable[Job] | Any) -> list[Job]:
+    """See enqueue_many()."""
+    return await sync_to_async(enqueue_many)(jobs)
