@@ -234,8 +234,26 @@ def ack_params(node: str, acks: Sequence[Ack]) -> tuple[Any, ...]:
 
 
 RELEASE = """
-UPDATE django_relay_job SET state = 'available', attempt = attempt - 1
-WHERE claim_token = ANY(%s::bigint[]) AND state = 'executing' AND attempted_by = %s
+UPDATE django_relay_job AS j SET
+    -- Given back uncounted once per attempt number: interrupted at that number
+    -- again, the attempt counts, so a job that always outlives the grace period
+    -- (or stops its own runner) cannot loop for ever.
+    state = CASE WHEN a.again AND j.attempt >= j.max_attempts THEN 'discarded'
+                 ELSE 'available' END,
+    attempt = CASE WHEN a.again THEN j.attempt ELSE j.attempt - 1 END,
+    finished_at = CASE WHEN a.again AND j.attempt >= j.max_attempts THEN now() END,
+    errors = CASE WHEN NOT a.again THEN j.errors
+             ELSE j.errors || jsonb_build_array(jsonb_build_object(
+                 'attempt', j.attempt, 'at', now(), 'kind', 'released',
+                 'error', 'interrupted by a runner stopping, again at this attempt: it counts'))
+             END,
+    meta = j.meta || jsonb_build_object('released_attempt', j.attempt)
+FROM django_relay_job AS o
+CROSS JOIN LATERAL (
+    SELECT coalesce(o.meta ->> 'released_attempt' = o.attempt::text, false) AS again
+) AS a
+WHERE j.id = o.id AND o.claim_token = ANY(%s::bigint[]) AND o.state = 'executing'
+  AND o.attempted_by = %s
 """
 
 
@@ -243,6 +261,9 @@ async def release(conn: AsyncConnection, node: str, tokens: Sequence[int]) -> in
     """Give unfinished jobs back on shutdown; the interrupted attempt is not counted.
 
     ``tokens`` are the claims' tokens: a job claimed again since is left alone.
+    An attempt number is given back once (``meta["released_attempt"]`` remembers
+    it); interrupted again at the same number, the attempt counts (the job is
+    discarded if it was its last).
     """
     async with conn.cursor() as cur:
         await cur.execute(RELEASE, (list(tokens), node))

@@ -586,6 +586,28 @@ async def test_release_returns_our_unfinished_jobs_with_the_attempt_given_back(c
     assert (await fetch(done)).state == JobState.COMPLETED
 
 
+async def test_release_gives_an_attempt_back_once_then_counts_it(conn):
+    # A job that always outlives the grace period (or stops its own runner) was
+    # given back uncounted at every shutdown: it could loop for ever (issue 8).
+    job = await claimed_job(conn, node=ME, attempt=1, max_attempts=3)  # attempt 2
+    assert await queries.release(conn, ME, [job.claim_token]) == 1
+    first = await fetch(job)
+    assert (first.state, first.attempt, first.errors) == (JobState.AVAILABLE, 1, [])
+    again = await claimed_job_again(conn, job)  # attempt 2 again
+    assert await queries.release(conn, ME, [again.claim_token]) == 1
+    second = await fetch(job)
+    assert (second.state, second.attempt) == (JobState.AVAILABLE, 2)  # it counts now
+    assert second.errors[-1]["kind"] == "released"
+    third = await claimed_job_again(conn, job)  # attempt 3: a new number, one give-back
+    assert await queries.release(conn, ME, [third.claim_token]) == 1
+    assert (await fetch(job)).attempt == 2
+    last = await claimed_job_again(conn, job)  # attempt 3 again: the last one
+    assert await queries.release(conn, ME, [last.claim_token]) == 1
+    ended = await fetch(job)
+    assert (ended.state, ended.attempt) == (JobState.DISCARDED, 3)
+    assert ended.finished_at is not None
+
+
 # -- stage and prune --------------------------------------------------------------------------
 
 
