@@ -61,11 +61,13 @@ class Unprintable(Exception):
 
 @worker(max_attempts=2)
 class BadErrorWorker(_Fast):
-    """Raises an exception whose text holds NUL, or whose ``str()`` raises."""
+    """Raises an exception whose text holds NUL, whose ``str()`` raises, or SystemExit."""
 
     async def process(self, job: Any) -> Any:
         if job.args["kind"] == "unprintable":
             raise Unprintable()
+        if job.args["kind"] == "exit":
+            raise SystemExit(3)
         raise RuntimeError("bad\x00text")
 
 

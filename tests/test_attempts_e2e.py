@@ -84,6 +84,14 @@ def test_an_error_text_holding_nul_is_recorded_escaped(start_runner):
     assert_counted(row, "error", "RuntimeError: bad\\x00text")
 
 
+def test_system_exit_in_process_fails_the_attempt_not_the_runner(start_runner):
+    runner = start_runner()
+    row = wait_for_state(BadErrorWorker.enqueue({"kind": "exit"}), "discarded")
+    assert_counted(row, "error", "SystemExit: 3")
+    assert wait_for_state(EchoWorker.enqueue({"value": 4}), "completed").result == 4
+    assert runner.proc.poll() is None
+
+
 def test_an_exception_whose_str_raises_is_recorded(start_runner):
     start_runner()
     row = wait_for_state(BadErrorWorker.enqueue({"kind": "unprintable"}), "discarded")
@@ -168,7 +176,7 @@ def test_sync_jobs_past_their_timeout_do_not_starve_the_threads(start_runner, tm
         # A sync job still gets a thread while both hung ones run on.
         row = wait_for_state(SyncOrmWorker.enqueue({"value": "free"}), "completed")
         assert row.result["value"] == "free"
-        assert "runs on past its timeout" in runner.output
+        assert "runs on after its attempt ended" in runner.output
     finally:
         gate.touch()
 

@@ -219,7 +219,7 @@ async def execute(job: Job, threads: JobThreads | None) -> Finished:
         outcome = await _run(instance.process, job, threads, timeout)
     except WaitForSignal as wait:
         outcome = wait
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a job's sys.exit() must not stop the runner
         outcome = exc
     finally:
         attempt_deadline.reset(deadline)

@@ -51,15 +51,16 @@ class JobThreads:
             count = len(self._overdue)
         if count > self.max_overdue:
             logger.error(
-                "%s sync jobs are running past their timeout, more than the %s threads "
+                "%s sync jobs run on after their attempt ended, more than the %s threads "
                 "set aside for them: new sync jobs wait until one of them returns",
                 count,
                 self.max_overdue,
             )
         else:
             logger.warning(
-                "a sync job runs on past its timeout (Python cannot stop a thread): "
-                "%s of %s threads set aside for such jobs in use",
+                "a sync job runs on after its attempt ended (timed out or the runner "
+                "stops; Python cannot stop a thread): %s of %s threads set aside for "
+                "such jobs in use",
                 count,
                 self.max_overdue,
             )
