@@ -9,9 +9,9 @@ import pytest
 from django.db import connection
 from django.urls import reverse
 
-from django_relay import Cancel, codec
+from django_relay import Cancel, codec, queries, signal_sync
 from django_relay.exceptions import DecodeError
-from django_relay.models import Job, JobState
+from django_relay.models import Job, JobSignal, JobState
 from tests.admin_client import AdminClient, staff_user
 from tests.poison_workers import Unprintable, bad_value
 from tests.workers import EchoWorker
@@ -88,3 +88,25 @@ def test_the_orm_loads_such_a_row_showing_the_stored_text(args):
     page = client.get(reverse("admin:django_relay_job_change", args=[job.pk]))
     assert page.status_code == 200
     assert b"7777777777" in page.content or b"[[[[[[[[" in page.content
+
+
+@pytest.mark.django_db
+def test_only_the_current_claim_consumes_a_signal():
+    wait = {"n": 1, "since": "2026-01-01T00:00:00+00:00", "deadline": None}
+    job = EchoWorker.enqueue({}, queue="consume", meta={"signal_wait": wait})
+    with connection.cursor() as cursor:
+        cursor.execute(queries.CLAIM, ("consume", 1, "me"))
+        stale = cursor.fetchone()[-1]
+        cursor.execute(queries.RELEASE, ([stale], "me"))  # attempt 1 given back...
+        cursor.execute(queries.CLAIM, ("consume", 1, "me"))  # ...and claimed again
+        current = cursor.fetchone()[-1]
+    assert signal_sync(job.pk, {"ok": 1}) == 1
+    with connection.cursor() as cursor:
+        _, _, signal_id, payload = queries.nth_signal(cursor, job.pk, 1, 1, stale)
+    assert (signal_id, json.loads(payload)) != (None, None)  # a stale attempt still reads it
+    assert JobSignal.objects.get(pk=signal_id).consumed_at is None
+    assert Job.objects.get(pk=job.pk).meta["signal_wait"] == wait
+    with connection.cursor() as cursor:
+        queries.nth_signal(cursor, job.pk, 1, 1, current)
+    assert JobSignal.objects.get(pk=signal_id).consumed_at is not None
+    assert "signal_wait" not in Job.objects.get(pk=job.pk).meta
