@@ -137,9 +137,13 @@ WITH next AS (
     SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempted_by = %s,
         claim_token = nextval('django_relay_job_claim_token_seq')
     FROM next WHERE j.id = next.id
+    -- Timestamps clamped to what Python holds: one row written with '-infinity'
+    -- would fail loading the whole batch (which reconcile then gave back, for ever).
     RETURNING j.id, j.worker, j.queue, j.state, j.args::text, j.meta::text, NULL AS result,
-              j.errors::text, j.attempt, j.max_attempts, j.priority, j.scheduled_at,
-              j.inserted_at, j.attempted_at, j.finished_at, j.signal_count, j.attempted_by,
+              j.errors::text, j.attempt, j.max_attempts, j.priority,
+              least(greatest(j.scheduled_at, '0001-01-02'), '9999-12-30') AS scheduled_at,
+              least(greatest(j.inserted_at, '0001-01-02'), '9999-12-30') AS inserted_at,
+              j.attempted_at, j.finished_at, j.signal_count, j.attempted_by,
               j.workflow_id, j.step, j.deps::text, j.ignore_cancelled, j.ignore_discarded,
               j.claim_token
 )

@@ -231,3 +231,27 @@ def test_receivers_that_raise_neither_fail_the_job_nor_stop_the_runner(start_run
     assert wait_for_state(bad, "discarded").attempt == 1
     assert wait_for_state(EchoWorker.enqueue({"value": 3}), "completed").result == 3
     assert runner.proc.poll() is None
+
+
+def test_a_row_with_a_timestamp_python_cannot_hold_still_runs_once(start_runner):
+    # '-infinity' (written by raw SQL) is due, so it is staged and claimed; loading it
+    # failed the whole claim, and reconcile gave the batch back uncounted, for ever.
+    runner = start_runner("default=1")
+    job = EchoWorker.enqueue({"value": "odd"}, schedule_in=3600)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE django_relay_job SET scheduled_at = '-infinity' WHERE id = %s", [job.pk]
+        )
+
+    def finished() -> tuple | None:  # raw SQL: Django cannot load '-infinity' either
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT state, result::text, attempt FROM django_relay_job WHERE id = %s",
+                [job.pk],
+            )
+            row = cursor.fetchone()
+        return row if row[0] == "completed" else None
+
+    assert wait_for(finished, 15, message="the job to complete") == ("completed", '"odd"', 1)
+    assert "claiming from default failed" not in runner.output
+    assert wait_for_state(EchoWorker.enqueue({"value": 5}), "completed").result == 5
