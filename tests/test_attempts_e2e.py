@@ -255,3 +255,41 @@ def test_a_row_with_a_timestamp_python_cannot_hold_still_runs_once(start_runner)
     assert wait_for(finished, 15, message="the job to complete") == ("completed", '"odd"', 1)
     assert "claiming from default failed" not in runner.output
     assert wait_for_state(EchoWorker.enqueue({"value": 5}), "completed").result == 5
+
+
+REFUSE_OUTCOMES = """
+CREATE FUNCTION relay_test_refuse_outcomes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- Refuses every way out of executing for these jobs but reconcile's "lost" record.
+    IF OLD.state = 'executing' AND NEW.state <> 'executing' AND NOT (
+        jsonb_array_length(NEW.errors) > jsonb_array_length(OLD.errors)
+        AND NEW.errors -> -1 ->> 'kind' = 'lost') THEN
+        RAISE EXCEPTION 'this job refuses its outcome';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER relay_test_refuse_outcomes BEFORE UPDATE ON django_relay_job
+FOR EACH ROW WHEN (OLD.args ? 'unwritable') EXECUTE FUNCTION relay_test_refuse_outcomes();
+"""
+
+
+@pytest.fixture
+def outcomes_refused(transactional_db):
+    with connection.cursor() as cursor:
+        cursor.execute(REFUSE_OUTCOMES)
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER relay_test_refuse_outcomes ON django_relay_job")
+        cursor.execute("DROP FUNCTION relay_test_refuse_outcomes()")
+
+
+def test_an_attempt_no_outcome_of_which_can_be_written_is_recorded_and_counted(
+    outcomes_refused, start_runner
+):
+    runner = start_runner()
+    job = SlowAsyncWorker.enqueue({"unwritable": True, "value": 1}, max_attempts=2)
+    row = wait_for_state(job, "discarded", timeout=20)
+    assert row.attempt == 2
+    assert [(e["attempt"], e["kind"]) for e in row.errors] == [(1, "lost"), (2, "lost")]
+    runner.wait_for_line("no outcome of attempt 2 could be written")
+    assert wait_for_state(EchoWorker.enqueue({"value": 6}), "completed").result == 6

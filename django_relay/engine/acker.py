@@ -129,8 +129,12 @@ class Acker:
             try:
                 instead = make(reason)
                 ours = await self.link.run(partial(queries.ack, node=self.node, acks=[instead]))
-            except Exception:
-                logger.exception("job %s: the replacement outcome failed too", ack.job_id)
+            except Exception as failure:
+                logger.error(
+                    "job %s: the replacement outcome failed too: %s",
+                    ack.job_id,
+                    storable(describe(failure)),
+                )
                 continue
             return {ack.token: instead if instead.token in ours else None}
         logger.error(
