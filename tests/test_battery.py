@@ -153,6 +153,8 @@ def test_kill_9_of_busy_runners_loses_nothing(scale, shared_fleet):
     def victim() -> Any:
         # A ready runner with jobs in hand, the oldest first; at least one other
         # ready runner stays alive to rescue its jobs.
+        assert fleet.crashed() == []
+        top_up()
         ready = [r for r in fleet.alive() if node_of(r) and id(r) not in fleet.ended]
         if len(ready) < 2:
             return None
@@ -161,7 +163,6 @@ def test_kill_9_of_busy_runners_loses_nothing(scale, shared_fleet):
 
     kills: list[tuple[str, float]] = []
     for _ in range(KILLS[scale]):
-        top_up()
         runner = wait_for(victim, timeout=60, interval=0.05, message="a busy runner to kill")
         node = node_of(runner)
         kills.append((node, fleet.kill(runner)))
