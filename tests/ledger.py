@@ -254,6 +254,7 @@ class Audit:
             "reruns_after_success": self.reruns,
             "dup_successes": self.dup_successes,
             "over_max_attempts": self.over_attempts,
+            **({"problems": self.problems[:3]} if self.problems else {}),
         }
 
 
