@@ -280,6 +280,7 @@ class Fleet:
             line["relay_errors"] = dict(errors.most_common(5))
         line.update(figures)
         line.update(audit.figures())
+        line.pop("results", None)
         line["seconds"] = round(time.monotonic() - self.began, 1)
         print(f"\nBATTERY {json.dumps(line)}", flush=True)
         path = os.environ.get("RELAY_BATTERY_FIGURES")
@@ -295,23 +296,27 @@ class Fleet:
             runner.stop()
 
 
-def every(period: float, action: Callable[[], object]) -> Callable[[], None]:
-    """Run ``action`` every ``period`` seconds on a thread; returns a function to stop it."""
+def every(period: float, action: Callable[[], object]) -> Callable[[], list[Exception]]:
+    """Run ``action`` every ``period`` seconds on a thread.
+
+    Returns a function that stops it and returns the exceptions ``action`` raised.
+    """
     stop = threading.Event()
-    failures: list[BaseException] = []
+    failures: list[Exception] = []
 
     def loop() -> None:
         while not stop.wait(period):
             try:
                 action()
-            except Exception as exc:  # a database restarting under it: try again later
+            except Exception as exc:
                 failures.append(exc)
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
 
-    def halt() -> None:
+    def halt() -> list[Exception]:
         stop.set()
         thread.join(10)
+        return failures
 
     return halt

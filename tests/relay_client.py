@@ -8,7 +8,9 @@ connected to (a throwaway server), and its listener is a real one of its own.
 Spec keys: ``mode`` (``relay`` or ``signal``). For ``relay``: ``worker`` (dotted
 path), ``args`` (each job's args; ``value`` is set to the relay's index),
 ``rounds`` (list of relay counts, run one after the other), ``concurrency``,
-``timeout``, ``with_retries``. For ``signal``: ``jobs`` (ids) and ``payload``.
+``timeout``, ``with_retries``. Each round reports ``[job id, token]`` of every
+relay that returned, for the test to compare with the stored results. For
+``signal``: ``jobs`` (ids) and ``payload``.
 
 Prints one JSON object per line: ``{"progress": n}`` as relays return, ``{"round":
 ...}`` after each round (relays ok and failed, errors, RSS, waiters still
@@ -80,7 +82,7 @@ async def relay_round(klass: Any, spec: dict[str, Any], count: int, offset: int)
         "seconds": round(elapsed, 2),
         "rss_kb": rss_kb(),
         "waiters_left": sum(len(w) for w in get_registry().waiters.values()),
-        "results": results if spec.get("report_results") else None,
+        "results": results,
     }
 
 
