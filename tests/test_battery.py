@@ -27,7 +27,7 @@ import pytest
 from django.db import connection
 
 from django_relay import enqueue_many
-from tests import ledger
+from tests import ledger, throwaway_pg
 from tests.battery import Fleet, Target, ThrowawayServer, every
 from tests.conftest import FAST, wait_for
 from tests.ledger import LedgerWorker, PoisonWorker, SyncLedgerWorker
@@ -62,6 +62,9 @@ DEFECT_4 = defect(4, "relay's insert connection, dead while idle, fails the next
 
 @pytest.fixture(scope="session")
 def throwaway_server() -> Iterator[ThrowawayServer]:
+    reason = throwaway_pg.unavailable()
+    if reason:
+        pytest.skip(f"needs a throwaway PostgreSQL server: {reason}")
     server = ThrowawayServer()
     try:
         yield server

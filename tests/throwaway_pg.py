@@ -2,7 +2,9 @@
 
 The shared server is never stopped, restarted or reconfigured by a test: a test
 that needs to do that to a server starts one of these (``initdb`` + ``pg_ctl`` as
-the ``postgres`` user, in a temp dir, on a free port) and always stops it.
+the ``postgres`` user when run as root, in a temp dir, on a free port) and always
+stops it. The server's programs are looked for in ``RELAY_TEST_PG_BIN`` (default
+``/usr/lib/postgresql/15/bin``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ import psycopg
 PG_BIN = Path(os.environ.get("RELAY_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
+def unavailable() -> str | None:
+    """Why no throwaway server can be started here, or None if one can."""
+    if not (PG_BIN / "initdb").exists():
+        return f"no PostgreSQL server programs in {PG_BIN} (set RELAY_TEST_PG_BIN)"
+    return None
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:
@@ -39,14 +48,17 @@ class ThrowawayPostgres:
     """
 
     def __init__(self, *, max_connections: int = 300) -> None:
-        self.user = "postgres"
+        # PostgreSQL refuses to run as root: root runs it as the postgres user.
+        self._as_root = os.geteuid() == 0
+        self.user = "postgres" if self._as_root else pwd.getpwuid(os.geteuid()).pw_name
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="relay-throwaway-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.max_connections = max_connections
-        pw = pwd.getpwnam(self.user)
-        os.chown(self.root, pw.pw_uid, pw.pw_gid)
+        if self._as_root:
+            pw = pwd.getpwnam(self.user)
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
         self._as_postgres("initdb", "-D", str(self.data), "-U", self.user, "-A", "trust",
                           "--no-sync", "-E", "UTF8", "--locale", "C.UTF-8")  # fmt: skip
         conf = {
@@ -66,8 +78,11 @@ class ThrowawayPostgres:
     # -- process control ------------------------------------------------------
 
     def _as_postgres(self, program: str, *args: str, timeout: float = 120.0) -> str:
+        command = [str(PG_BIN / program), *args]
+        if self._as_root:
+            command = ["runuser", "-u", self.user, "--", *command]
         done = subprocess.run(
-            ["runuser", "-u", self.user, "--", str(PG_BIN / program), *args],
+            command,
             capture_output=True,
             text=True,
             timeout=timeout,
