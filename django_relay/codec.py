@@ -224,6 +224,10 @@ def loads(text: str | bytes | None) -> Any:
         return _STRICT.decode(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"stored data is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # Valid JSON Python will not build: an int past sys.get_int_max_str_digits(),
+        # or nesting deeper than the recursion limit.
+        raise DecodeError(f"stored data cannot be decoded: {exc}") from exc
 
 
 class TooLarge(EncodeError):
@@ -261,3 +265,13 @@ class JSONDecoder(json.JSONDecoder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["object_hook"] = _from_object_for_display
         super().__init__(*args, **kwargs)
+
+    def decode(self, s: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().decode(s, *args, **kwargs)
+        except (RecursionError, ValueError) as exc:
+            if isinstance(exc, json.JSONDecodeError):
+                raise
+            # Valid JSON that Python will not build (a 5,000-digit int, nesting past
+            # the recursion limit): Django's JSONField then shows the stored text.
+            raise json.JSONDecodeError(f"cannot be decoded: {exc}", s, 0) from exc

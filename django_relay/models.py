@@ -123,8 +123,8 @@ class Job(models.Model):
     # Signals sent to this job so far. Senders increment it under the row lock, so
     # each signal's ``seq`` is its place in commit order (replays stay deterministic).
     signal_count = models.PositiveIntegerField(_("signals received"), default=0, db_default=0)
-    # The runner node that owns the current (or last) attempt. With ``attempt`` it
-    # fences acks: a write from an attempt that was rescued matches no row.
+    # The runner node that owns the current (or last) attempt. With ``claim_token``
+    # it fences acks: a write from an attempt that was rescued matches no row.
     attempted_by = models.CharField(  # noqa: DJ001  (NULL: never attempted)
         _("attempted by"), max_length=128, null=True, blank=True
     )
@@ -144,6 +144,11 @@ class Job(models.Model):
     )
     ignore_cancelled = models.BooleanField(default=False, db_default=False)
     ignore_discarded = models.BooleanField(default=False, db_default=False)
+    # Drawn from a sequence at each claim and never repeated: it fences every write
+    # of the attempt (ack, release, reconcile, consuming a signal), so a stale
+    # attempt's write matches nothing even after the job is claimed again with the
+    # same attempt number (a snooze or a give-back hands the number back).
+    claim_token = models.BigIntegerField(_("claim token"), null=True, blank=True, editable=False)
 
     objects = JobQuerySet.as_manager()
 

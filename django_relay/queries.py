@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -161,6 +161,7 @@ JOB_COLUMNS = (
     "deps",
     "ignore_cancelled",
     "ignore_discarded",
+    "claim_token",
 )
 
 CLAIM = """
@@ -172,12 +173,18 @@ WITH next AS (
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE django_relay_job AS j
-    SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempted_by = %s
+    SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempted_by = %s,
+        claim_token = nextval('django_relay_job_claim_token_seq')
     FROM next WHERE j.id = next.id
+    -- Timestamps clamped to what Python holds: one row written with '-infinity'
+    -- would fail loading the whole batch (which reconcile then gave back, for ever).
     RETURNING j.id, j.worker, j.queue, j.state, j.args::text, j.meta::text, NULL AS result,
-              j.errors::text, j.attempt, j.max_attempts, j.priority, j.scheduled_at,
-              j.inserted_at, j.attempted_at, j.finished_at, j.signal_count, j.attempted_by,
-              j.workflow_id, j.step, j.deps::text, j.ignore_cancelled, j.ignore_discarded
+              j.errors::text, j.attempt, j.max_attempts, j.priority,
+              least(greatest(j.scheduled_at, '0001-01-02'), '9999-12-30') AS scheduled_at,
+              least(greatest(j.inserted_at, '0001-01-02'), '9999-12-30') AS inserted_at,
+              j.attempted_at, j.finished_at, j.signal_count, j.attempted_by,
+              j.workflow_id, j.step, j.deps::text, j.ignore_cancelled, j.ignore_discarded,
+              j.claim_token
 )
 -- RETURNING follows the join's order (a merge join on id for big batches), not the
 -- claim's: sort again so a batch starts in priority order.
@@ -205,6 +212,9 @@ class Ack:
     attempt_delta: int = 0  # -1 gives back the attempt (snooze)
     meta: str | None = None  # encoded JSON object merged into ``meta``
     signals_seen: int | None = None  # snoozing for a signal: how many it had seen
+    #: The claim's token (``Job.claim_token``): the fence. The attempt number cannot
+    #: be one, since a snooze, a release or a reconcile gives it back.
+    token: int = field(kw_only=True)
 
 
 ACK = f"""
@@ -225,19 +235,20 @@ UPDATE django_relay_job AS j SET
     finished_at = CASE WHEN a.state IN {TERMINAL} THEN now() END,
     meta = CASE WHEN a.meta IS NULL THEN j.meta ELSE j.meta || a.meta::jsonb END
 FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::text[], %s::float8[],
-            %s::int[], %s::text[], %s::int[])
-     AS a(id, attempt, state, result, error, delay, attempt_delta, meta, signals_seen)
+            %s::int[], %s::text[], %s::int[], %s::bigint[])
+     AS a(id, attempt, state, result, error, delay, attempt_delta, meta, signals_seen, token)
 WHERE j.id = a.id AND j.id = ANY(%s::bigint[])
-  AND j.state = 'executing' AND j.attempted_by = %s AND j.attempt = a.attempt
-RETURNING j.id
+  AND j.state = 'executing' AND j.attempted_by = %s AND j.claim_token = a.token
+RETURNING j.claim_token
 """
 
 
 async def ack(conn: AsyncConnection, node: str, acks: Sequence[Ack]) -> set[int]:
-    """Persist ``acks`` in one statement; return the ids that were still ours.
+    """Persist ``acks`` in one statement; return the tokens of those that were still ours.
 
-    An ack is fenced by (state executing, owner node, attempt number): one from an
-    attempt that was rescued or released meanwhile matches nothing.
+    An ack is fenced by (state executing, owner node, claim token): one from an
+    attempt that was rescued, given back or cancelled meanwhile matches nothing,
+    even once the job is claimed again (a new claim draws a new token).
     """
     async with conn.cursor() as cur:
         # Never prepared: a generic plan cannot see how long the arrays are, guesses
@@ -258,6 +269,7 @@ def ack_params(node: str, acks: Sequence[Ack]) -> tuple[Any, ...]:
         [a.attempt_delta for a in acks],
         [a.meta for a in acks],
         [a.signals_seen for a in acks],
+        [a.token for a in acks],
     ]
     # The ids twice: "j.id = ANY(ids)" keeps even a generic (prepared) plan on the
     # primary key, whatever the batch size.
@@ -265,15 +277,39 @@ def ack_params(node: str, acks: Sequence[Ack]) -> tuple[Any, ...]:
 
 
 RELEASE = """
-UPDATE django_relay_job SET state = 'available', attempt = attempt - 1
-WHERE id = ANY(%s::bigint[]) AND state = 'executing' AND attempted_by = %s
+UPDATE django_relay_job AS j SET
+    -- Given back uncounted once per attempt number: interrupted at that number
+    -- again, the attempt counts, so a job that always outlives the grace period
+    -- (or stops its own runner) cannot loop for ever.
+    state = CASE WHEN a.again AND j.attempt >= j.max_attempts THEN 'discarded'
+                 ELSE 'available' END,
+    attempt = CASE WHEN a.again THEN j.attempt ELSE j.attempt - 1 END,
+    finished_at = CASE WHEN a.again AND j.attempt >= j.max_attempts THEN now() END,
+    errors = CASE WHEN NOT a.again THEN j.errors
+             ELSE j.errors || jsonb_build_array(jsonb_build_object(
+                 'attempt', j.attempt, 'at', now(), 'kind', 'released',
+                 'error', 'interrupted by a runner stopping, again at this attempt: it counts'))
+             END,
+    meta = j.meta || jsonb_build_object('released_attempt', j.attempt)
+FROM django_relay_job AS o
+CROSS JOIN LATERAL (
+    SELECT coalesce(o.meta ->> 'released_attempt' = o.attempt::text, false) AS again
+) AS a
+WHERE j.id = o.id AND o.claim_token = ANY(%s::bigint[]) AND o.state = 'executing'
+  AND o.attempted_by = %s
 """
 
 
-async def release(conn: AsyncConnection, node: str, job_ids: Sequence[int]) -> int:
-    """Give unfinished jobs back on shutdown; the interrupted attempt is not counted."""
+async def release(conn: AsyncConnection, node: str, tokens: Sequence[int]) -> int:
+    """Give unfinished jobs back on shutdown; the interrupted attempt is not counted.
+
+    ``tokens`` are the claims' tokens: a job claimed again since is left alone.
+    An attempt number is given back once (``meta["released_attempt"]`` remembers
+    it); interrupted again at the same number, the attempt counts (the job is
+    discarded if it was its last).
+    """
     async with conn.cursor() as cur:
-        await cur.execute(RELEASE, (list(job_ids), node))
+        await cur.execute(RELEASE, (list(tokens), node))
         return cur.rowcount
 
 
@@ -393,21 +429,38 @@ async def fetch_outcomes(conn: AsyncConnection, job_ids: Sequence[int]) -> list[
 
 
 RECONCILE = """
-UPDATE django_relay_job SET state = 'available', attempt = attempt - 1
-WHERE state = 'executing' AND attempted_by = %s AND id <> ALL(%s::bigint[])
-RETURNING id
+UPDATE django_relay_job AS j SET
+    -- A lost attempt counts: it ran, so giving it back uncounted could loop for ever.
+    state = CASE WHEN NOT l.lost THEN 'available'
+                 WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END,
+    attempt = CASE WHEN l.lost THEN j.attempt ELSE j.attempt - 1 END,
+    finished_at = CASE WHEN l.lost AND j.attempt >= j.max_attempts THEN now() END,
+    errors = CASE WHEN NOT l.lost THEN j.errors
+             ELSE j.errors || jsonb_build_array(jsonb_build_object(
+                 'attempt', j.attempt, 'at', now(), 'kind', 'lost',
+                 'error', 'the outcome of this attempt could not be recorded')) END
+FROM django_relay_job AS o
+CROSS JOIN LATERAL (SELECT coalesce(o.claim_token = ANY(%(lost)s::bigint[]), false) AS lost) AS l
+WHERE j.id = o.id AND o.state = 'executing' AND o.attempted_by = %(node)s
+  AND NOT coalesce(o.claim_token = ANY(%(running)s::bigint[]), false)
+RETURNING j.id, j.state
 """
 
 
-async def reconcile(conn: AsyncConnection, node: str, running: Sequence[int]) -> list[int]:
-    """Give back jobs marked as ours that we are not running.
+async def reconcile(
+    conn: AsyncConnection, node: str, running: Sequence[int], lost: Sequence[int] = ()
+) -> list[tuple[int, str]]:
+    """Give back jobs marked as ours that we are not running: ``(id, new state)`` each.
 
-    A claim whose reply was lost with its connection leaves such rows behind:
-    without this they would stay ``executing`` under our live heartbeat forever.
+    ``running`` and ``lost`` are claim tokens. A claim whose reply was lost with its
+    connection leaves rows behind that never started: they go back to
+    ``available`` with the attempt not counted. An attempt that ran but whose
+    outcome could not be written (``lost``) counts: ``retryable``, or
+    ``discarded`` when its attempts are spent.
     """
     async with conn.cursor() as cur:
-        await cur.execute(RECONCILE, (node, list(running)))
-        return [row[0] for row in await cur.fetchall()]
+        await cur.execute(RECONCILE, {"node": node, "running": list(running), "lost": list(lost)})
+        return [(row[0], row[1]) for row in await cur.fetchall()]
 
 
 CANCEL_UNSTARTED = """
@@ -492,28 +545,36 @@ WHERE j.id = %s
 """
 
 CONSUME_SIGNAL = """
-WITH consumed AS (
-    UPDATE django_relay_jobsignal SET consumed_at = now(), consumed_attempt = %s
-    WHERE id = %s AND consumed_at IS NULL
+WITH ours AS (  -- only the current attempt of the job consumes (its claim token)
+    SELECT id FROM django_relay_job
+    WHERE id = %(job)s AND state = 'executing' AND claim_token = %(token)s
+), consumed AS (
+    UPDATE django_relay_jobsignal SET consumed_at = now(), consumed_attempt = %(attempt)s
+    WHERE id = %(signal)s AND consumed_at IS NULL AND EXISTS (SELECT 1 FROM ours)
 )
 UPDATE django_relay_job SET meta = meta - 'signal_wait'
-WHERE id = %s AND meta ? 'signal_wait' AND (meta -> 'signal_wait' ->> 'n')::int = %s
+WHERE id IN (SELECT id FROM ours)
+  AND meta ? 'signal_wait' AND (meta -> 'signal_wait' ->> 'n')::int = %(n)s
 """
 
 
 def nth_signal(
-    cursor: Any, job_id: int, n: int, attempt: int
+    cursor: Any, job_id: int, n: int, attempt: int, token: int | None
 ) -> tuple[Any, int, int | None, str | None]:
     """``(db_now, signal_count, signal_id, payload_json)`` for the ``n``-th signal to a job.
 
     ``n`` is 1-based; ``signal_id`` is None when there is no such signal yet. A found
     signal is marked consumed by ``attempt`` (the first time only), and the job's
-    ``signal_wait`` for wait ``n`` is cleared.
+    ``signal_wait`` for wait ``n`` is cleared, if the claim ``token`` is still the
+    job's (a stale attempt reads its signals but changes nothing).
     """
     cursor.execute(NTH_SIGNAL, (job_id, n - 1, job_id))
     now, count, signal_id, payload = cursor.fetchone()
     if signal_id is not None:
-        cursor.execute(CONSUME_SIGNAL, (attempt, signal_id, job_id, n))
+        cursor.execute(
+            CONSUME_SIGNAL,
+            {"job": job_id, "token": token, "attempt": attempt, "signal": signal_id, "n": n},
+        )
     return now, count, signal_id, payload
 
 

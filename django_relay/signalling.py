@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,7 +26,7 @@ from django.db import connections
 
 from django_relay import codec, queries, signals
 from django_relay.conf import settings
-from django_relay.context import current_job
+from django_relay.context import attempt_deadline, current_job
 from django_relay.exceptions import SignalTimeout
 from django_relay.listener.notifier import get_notifier
 from django_relay.models import Job
@@ -60,7 +61,9 @@ def _seconds(wait_for: float | dt.timedelta | None) -> float | None:
 
 def _next_signal(job: Job, n: int) -> tuple[dt.datetime, int, bool, Any]:
     with connections[settings.DATABASE_ALIAS].cursor() as cursor:
-        now, count, signal_id, payload = queries.nth_signal(cursor, job.id, n, job.attempt)
+        now, count, signal_id, payload = queries.nth_signal(
+            cursor, job.id, n, job.attempt, job.claim_token
+        )
     found = signal_id is not None
     return now, count, found, codec.loads(payload) if found else None
 
@@ -102,6 +105,12 @@ async def await_signal(
     unlisten = get_notifier().listen(queries.SIGNAL_CHANNEL, on_signal)
     try:
         live_until = loop.time() + wait_timeout
+        attempt_ends = attempt_deadline.get()
+        if attempt_ends is not None:
+            # Snooze before the worker's timeout fails the attempt, leaving the
+            # snooze's own round trip its share of the time.
+            margin = min(1.0, 0.2 * (attempt_ends - time.monotonic()))
+            live_until = min(live_until, loop.time() + attempt_ends - time.monotonic() - margin)
         while True:  # subscribed above, so a signal committed from here on wakes us
             now, count, found, payload = await sync_to_async(_next_signal)(job, n)
             if found:

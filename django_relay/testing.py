@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
-from django.db import connections
+from django.db import DatabaseError, connections, transaction
 
 from django_relay import queries
 from django_relay.conf import settings
@@ -68,14 +68,25 @@ def drain(
 
 async def _run_one(job: Job, cursor: Any, with_safety: bool) -> str:
     started = time.perf_counter()
-    klass, ack = await executor.execute(job, None)
+    klass, ack, refused = await executor.execute(job, None)
     if not with_safety and ack.state in ("retryable", "discarded"):
         _reraise(job, ack)
-    await sync_to_async(cursor.execute)(queries.ACK, queries.ack_params(_NODE, [ack]))
+    ack = await sync_to_async(_persist)(cursor, ack, refused)
     sending = executor.report(klass, job, ack, started, acked=True)
     if sending is not None:
         await sending
     return ack.state
+
+
+def _persist(cursor: Any, ack: queries.Ack, refused: Any) -> queries.Ack:
+    """Write ``ack`` as the runner would: one PostgreSQL refuses is replaced."""
+    try:
+        with transaction.atomic(using=settings.DATABASE_ALIAS):  # a savepoint in a test
+            cursor.execute(queries.ACK, queries.ack_params(_NODE, [ack]))
+    except (DatabaseError, ValueError) as exc:
+        ack = refused(executor.describe(exc))
+        cursor.execute(queries.ACK, queries.ack_params(_NODE, [ack]))
+    return ack
 
 
 def _reraise(job: Job, ack: queries.Ack) -> None:

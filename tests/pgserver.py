@@ -1,96 +1,34 @@
-"""A throwaway PostgreSQL server that a test may restart, pause or kill.
+"""A throwaway PostgreSQL server (see :mod:`tests.throwaway_pg`) with django_relay migrated.
 
-Tests that break the database server never touch the shared one: they start their
-own (``initdb`` + ``pg_ctl`` from the PostgreSQL 15 binaries, run as the
-``postgres`` user, in a temporary directory, on a free port) and stop it after.
+Adds what the restart and deadline tests need: pausing the whole server (SIGSTOP:
+its sockets stay open, nothing answers), and the environment of a Django process
+or a ``relayworker`` using it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from tests.conftest import FAST, REPO_ROOT, RunnerProcess
-
-BIN = Path(os.environ.get("RELAY_PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.throwaway_pg import ThrowawayPostgres, unavailable
 
 
-def _as_postgres(*args: str) -> list[str]:
-    # initdb refuses to run as root; the server's files belong to postgres.
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else list(args)
+class Server(ThrowawayPostgres):
+    """A throwaway server holding a migrated ``relay`` database."""
 
+    dbname = "relay"
 
-class Server:
-    """One PostgreSQL cluster in a temporary directory, with a ``relay`` database."""
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="relay-pg-"))
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres")
-        self.data = self.root / "data"
-        self.port = _free_port()
-        self.dbname = "relay"
-
-    @property
-    def url(self) -> str:
-        return f"postgres://postgres@127.0.0.1:{self.port}/{self.dbname}"
-
-    def dsn(self, dbname: str | None = None, **extra: object) -> str:
-        parts = {
-            "host": "127.0.0.1",
-            "port": self.port,
-            "user": "postgres",
-            "dbname": dbname or self.dbname,
-            **extra,
-        }
-        return " ".join(f"{key}={value}" for key, value in parts.items())
-
-    def _run(self, *args: str) -> None:
-        subprocess.run(_as_postgres(*args), check=True, capture_output=True, timeout=120)
-
-    def init(self) -> None:
-        self._run(
-            str(BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"
-        )
-        self.start()
-        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.dbname}"')
-
-    def start(self) -> None:
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off "
-            "-c full_page_writes=off -c synchronous_commit=off"
-        )
-        self._run(
-            str(BIN / "pg_ctl"),
-            *("-D", str(self.data), "-l", str(self.root / "log"), "-o", options, "-w"),
-            "start",
-        )
-
-    def stop(self, mode: str = "fast") -> None:
-        self.resume()  # a paused server cannot shut down
-        self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+    def dsn(self, dbname: str | None = None) -> str:
+        return self.conninfo(dbname or self.dbname)
 
     def pids(self) -> list[int]:
         """The postmaster and every process it started."""
@@ -107,8 +45,7 @@ class Server:
             except OSError:
                 continue
             # Fields after the command name (which may hold spaces): state, ppid ...
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == postmaster:
+            if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
                 pids.append(int(entry.name))
         return pids
 
@@ -123,19 +60,16 @@ class Server:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
 
-    def destroy(self) -> None:
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
-            self.stop("immediate")
-        shutil.rmtree(self.root, ignore_errors=True)
+    def close(self) -> None:
+        self.resume()  # a paused server cannot shut down
+        super().close()
 
     def env(self, **relay_settings: object) -> dict[str, str]:
         """The environment of a Django process (test settings) using this server."""
-        import json
-
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "DATABASE_URL": self.url,
+            "DATABASE_URL": self.url(self.dbname),
             "RELAY_TEST_SETTINGS": json.dumps({**FAST, **relay_settings}),
             "PYTHONPATH": os.pathsep.join(
                 [
@@ -168,12 +102,14 @@ class Server:
 @pytest.fixture(scope="module")
 def pg_server() -> Iterator[Server]:
     """A throwaway server with django_relay migrated, shared by one test module."""
-    if not (BIN / "initdb").exists():
-        pytest.skip(f"the PostgreSQL server binaries are not in {BIN} (set RELAY_PG_BIN)")
-    server = Server()
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = Server(max_connections=100)
     try:
-        server.init()
+        server.start()
+        server.create_database(server.dbname)
         server.migrate()
         yield server
     finally:
-        server.destroy()
+        server.close()

@@ -237,9 +237,10 @@ async def test_ack_completed_stores_the_result_and_finishes(conn):
     job = await claimed_job(conn)
     result = codec.dumps({"sum": 3, "at": dt.date(2024, 1, 1)})
     before = await clock(conn)
-    ours = await queries.ack(conn, ME, [Ack(job.pk, 1, JobState.COMPLETED, result=result)])
+    acks = [Ack(job.pk, 1, JobState.COMPLETED, result=result, token=job.claim_token)]
+    ours = await queries.ack(conn, ME, acks)
     after = await clock(conn)
-    assert ours == {job.pk}
+    assert ours == {job.claim_token}
     stored = await fetch(job)
     assert stored.state == JobState.COMPLETED
     assert stored.result == {"sum": 3, "at": dt.date(2024, 1, 1)}
@@ -253,9 +254,10 @@ async def test_ack_retryable_appends_the_error_and_schedules_after_the_delay(con
     job = await claimed_job(conn, errors=[{"attempt": 0, "error": "earlier"}])
     error = codec.dumps({"attempt": 1, "kind": "error", "error": "ValueError: x"})
     before = await clock(conn)
-    ours = await queries.ack(conn, ME, [Ack(job.pk, 1, JobState.RETRYABLE, error=error, delay=30)])
+    acks = [Ack(job.pk, 1, JobState.RETRYABLE, error=error, delay=30, token=job.claim_token)]
+    ours = await queries.ack(conn, ME, acks)
     after = await clock(conn)
-    assert ours == {job.pk}
+    assert ours == {job.claim_token}
     stored = await fetch(job)
     assert stored.state == JobState.RETRYABLE
     assert stored.attempt == 1  # a failure counts
@@ -279,7 +281,8 @@ async def test_ack_discarded_or_cancelled_finishes_with_the_error(conn, state):
     job = await claimed_job(conn)
     error = codec.dumps({"attempt": 1, "kind": "error", "error": "last words"})
     before = await clock(conn)
-    assert await queries.ack(conn, ME, [Ack(job.pk, 1, state, error=error)]) == {job.pk}
+    acks = [Ack(job.pk, 1, state, error=error, token=job.claim_token)]
+    assert await queries.ack(conn, ME, acks) == {job.claim_token}
     after = await clock(conn)
     stored = await fetch(job)
     assert stored.state == state
@@ -293,10 +296,12 @@ async def test_ack_snooze_gives_the_attempt_back_and_reschedules(conn):
     assert job.attempt == 3
     before = await clock(conn)
     ours = await queries.ack(
-        conn, ME, [Ack(job.pk, 3, JobState.SCHEDULED, delay=120, attempt_delta=-1)]
+        conn,
+        ME,
+        [Ack(job.pk, 3, JobState.SCHEDULED, delay=120, attempt_delta=-1, token=job.claim_token)],
     )
     after = await clock(conn)
-    assert ours == {job.pk}
+    assert ours == {job.claim_token}
     stored = await fetch(job)
     assert stored.state == JobState.SCHEDULED
     assert stored.attempt == 2
@@ -310,12 +315,19 @@ async def test_ack_snooze_gives_the_attempt_back_and_reschedules(conn):
 async def test_ack_with_an_absurd_delay_still_lands_with_its_batch(conn, delay):
     # A user's backoff() may return anything; one bad delay must not fail the batch.
     absurd, fine = await make(), await make()
-    await queries.claim(conn, "default", 2, ME)
+    tokens = {row[0]: row[-1] for row in await queries.claim(conn, "default", 2, ME)}
     acks = [
-        Ack(absurd.pk, 1, JobState.RETRYABLE, error='{"error": "x"}', delay=delay),
-        Ack(fine.pk, 1, JobState.COMPLETED, result="1"),
+        Ack(
+            absurd.pk,
+            1,
+            JobState.RETRYABLE,
+            error='{"error": "x"}',
+            delay=delay,
+            token=tokens[absurd.pk],
+        ),
+        Ack(fine.pk, 1, JobState.COMPLETED, result="1", token=tokens[fine.pk]),
     ]
-    assert await queries.ack(conn, ME, acks) == {absurd.pk, fine.pk}
+    assert await queries.ack(conn, ME, acks) == set(tokens.values())
     stored = await fetch(absurd)
     assert stored.state == JobState.RETRYABLE
     years = (stored.scheduled_at - await clock(conn)).days / 365.25
@@ -326,7 +338,8 @@ async def test_ack_with_an_absurd_delay_still_lands_with_its_batch(conn, delay):
 async def test_ack_merges_meta(conn):
     job = await claimed_job(conn, meta={"keep": 1, "replace": "old"})
     meta = codec.dumps({"replace": "new", "result_too_large": {"size": 9, "limit": 5}})
-    assert await queries.ack(conn, ME, [Ack(job.pk, 1, JobState.COMPLETED, meta=meta)]) == {job.pk}
+    acks = [Ack(job.pk, 1, JobState.COMPLETED, meta=meta, token=job.claim_token)]
+    assert await queries.ack(conn, ME, acks) == {job.claim_token}
     stored = await fetch(job)
     assert stored.meta == {"keep": 1, "replace": "new", "result_too_large": {"size": 9, "limit": 5}}
     assert stored.result is None
@@ -334,13 +347,14 @@ async def test_ack_merges_meta(conn):
 
 async def test_ack_writes_a_batch_in_one_call(conn):
     jobs = [await make() for _ in range(3)]
-    await queries.claim(conn, "default", 3, ME)
+    tokens = {row[0]: row[-1] for row in await queries.claim(conn, "default", 3, ME)}
+    t = [tokens[job.pk] for job in jobs]
     acks = [
-        Ack(jobs[0].pk, 1, JobState.COMPLETED, result="1"),
-        Ack(jobs[1].pk, 1, JobState.SCHEDULED, delay=60, attempt_delta=-1),
-        Ack(jobs[2].pk, 1, JobState.CANCELLED),
+        Ack(jobs[0].pk, 1, JobState.COMPLETED, result="1", token=t[0]),
+        Ack(jobs[1].pk, 1, JobState.SCHEDULED, delay=60, attempt_delta=-1, token=t[1]),
+        Ack(jobs[2].pk, 1, JobState.CANCELLED, token=t[2]),
     ]
-    assert await queries.ack(conn, ME, acks) == {job.pk for job in jobs}
+    assert await queries.ack(conn, ME, acks) == set(t)
     states = [(await fetch(job)).state for job in jobs]
     assert states == ["completed", "scheduled", "cancelled"]
 
@@ -354,23 +368,61 @@ async def assert_unchanged(job: Job) -> None:
 
 async def test_ack_from_another_node_is_fenced_off(conn):
     job = await claimed_job(conn, node=ME)
-    acks = [Ack(job.pk, 1, JobState.COMPLETED, result="1")]
+    acks = [Ack(job.pk, 1, JobState.COMPLETED, result="1", token=job.claim_token)]
     assert await queries.ack(conn, OTHER, acks) == set()
     await assert_unchanged(job)
 
 
-async def test_ack_of_another_attempt_is_fenced_off(conn):
+async def test_ack_of_another_claim_is_fenced_off(conn):
     job = await claimed_job(conn, attempt=1)  # now attempt 2
-    for attempt in (1, 3):
-        acks = [Ack(job.pk, attempt, JobState.COMPLETED, result="1")]
+    for token in (None, 0, job.claim_token - 1, job.claim_token + 1):
+        acks = [Ack(job.pk, 2, JobState.COMPLETED, result="1", token=token)]
         assert await queries.ack(conn, ME, acks) == set()
     await assert_unchanged(job)
+
+
+async def test_each_claim_draws_a_new_token(conn):
+    job = await claimed_job(conn)
+    await queries.release(conn, ME, [job.claim_token])  # attempt given back: 1 again
+    again = await claimed_job_again(conn, job)
+    assert again.attempt == job.attempt == 1
+    assert again.claim_token > job.claim_token
+
+
+async def claimed_job_again(conn: AsyncConnection, job: Job, node: str = ME) -> Job:
+    await claim_one(conn, job, node)
+    return await fetch(job)
+
+
+@pytest.mark.parametrize("give_back", ["release", "reconcile", "snooze"])
+async def test_a_stale_ack_after_a_give_back_and_a_new_claim_with_the_same_attempt_changes_nothing(
+    conn, give_back
+):
+    job = await claimed_job(conn)  # attempt 1, token t1
+    stale = [Ack(job.pk, 1, JobState.COMPLETED, result='"stale"', token=job.claim_token)]
+    if give_back == "release":
+        assert await queries.release(conn, ME, [job.claim_token]) == 1
+    elif give_back == "reconcile":
+        assert await queries.reconcile(conn, ME, []) == [(job.pk, "available")]
+    else:
+        snooze = Ack(
+            job.pk, 1, JobState.SCHEDULED, delay=0, attempt_delta=-1, token=job.claim_token
+        )
+        assert await queries.ack(conn, ME, [snooze]) == {job.claim_token}
+        await queries.stage(conn)
+    again = await claimed_job_again(conn, job)  # attempt 1 again, by the same node
+    assert (again.attempt, again.attempted_by) == (job.attempt, job.attempted_by)
+    assert await queries.ack(conn, ME, stale) == set()
+    await assert_unchanged(again)
+    ours = [Ack(job.pk, 1, JobState.COMPLETED, result='"ok"', token=again.claim_token)]
+    assert await queries.ack(conn, ME, ours) == {again.claim_token}
+    assert (await fetch(job)).result == "ok"
 
 
 async def test_ack_after_a_rescue_and_a_new_claim_changes_nothing(conn):
     job = await claimed_job(conn, node=ME)  # ME never heartbeats: its job is an orphan
     assert await queries.rescue(conn, 60) == [(job.pk, "available")]
-    late = [Ack(job.pk, 1, JobState.COMPLETED, result='"late"')]
+    late = [Ack(job.pk, 1, JobState.COMPLETED, result='"late"', token=job.claim_token)]
     assert await queries.ack(conn, ME, late) == set()
     rescued = await fetch(job)
     assert rescued.state == JobState.AVAILABLE and rescued.result is None
@@ -378,26 +430,30 @@ async def test_ack_after_a_rescue_and_a_new_claim_changes_nothing(conn):
     await claim_one(conn, job, OTHER)  # attempt 2, by another node
     reclaimed = await fetch(job)
     assert await queries.ack(conn, ME, late) == set()
-    assert await queries.ack(conn, ME, [Ack(job.pk, 2, JobState.COMPLETED, result="1")]) == set()
+    theirs = [Ack(job.pk, 2, JobState.COMPLETED, result="1", token=reclaimed.claim_token)]
+    assert await queries.ack(conn, ME, theirs) == set()
     await assert_unchanged(reclaimed)
     # The rightful owner's ack still lands.
-    ours = await queries.ack(conn, OTHER, [Ack(job.pk, 2, JobState.COMPLETED, result='"ok"')])
-    assert ours == {job.pk}
+    right = [Ack(job.pk, 2, JobState.COMPLETED, result='"ok"', token=reclaimed.claim_token)]
+    assert await queries.ack(conn, OTHER, right) == {reclaimed.claim_token}
     assert (await fetch(job)).result == "ok"
 
 
 async def test_ack_after_a_release_changes_nothing(conn):
     job = await claimed_job(conn)
-    assert await queries.release(conn, ME, [job.pk]) == 1
+    assert await queries.release(conn, ME, [job.claim_token]) == 1
     released = await fetch(job)
-    assert await queries.ack(conn, ME, [Ack(job.pk, 1, JobState.COMPLETED, result="1")]) == set()
+    acks = [Ack(job.pk, 1, JobState.COMPLETED, result="1", token=job.claim_token)]
+    assert await queries.ack(conn, ME, acks) == set()
     await assert_unchanged(released)
 
 
 async def test_ack_of_a_finished_job_is_not_repeated(conn):
     job = await claimed_job(conn)
-    acks = [Ack(job.pk, 1, JobState.RETRYABLE, error='{"error": "x"}', delay=5)]
-    assert await queries.ack(conn, ME, acks) == {job.pk}
+    acks = [
+        Ack(job.pk, 1, JobState.RETRYABLE, error='{"error": "x"}', delay=5, token=job.claim_token)
+    ]
+    assert await queries.ack(conn, ME, acks) == {job.claim_token}
     # A repeated batch (the acker retries after a lost connection) matches nothing.
     assert await queries.ack(conn, ME, acks) == set()
     assert len((await fetch(job)).errors) == 1
@@ -407,11 +463,11 @@ async def test_a_fenced_ack_does_not_stop_the_rest_of_its_batch(conn):
     mine = await claimed_job(conn, node=ME)
     theirs = await claimed_job(conn, node=OTHER)
     acks = [
-        Ack(mine.pk, 1, JobState.COMPLETED, result="1"),
-        Ack(theirs.pk, 1, JobState.COMPLETED, result="2"),
-        Ack(999_999_999, 1, JobState.COMPLETED, result="3"),
+        Ack(mine.pk, 1, JobState.COMPLETED, result="1", token=mine.claim_token),
+        Ack(theirs.pk, 1, JobState.COMPLETED, result="2", token=theirs.claim_token),
+        Ack(999_999_999, 1, JobState.COMPLETED, result="3", token=mine.claim_token),
     ]
-    assert await queries.ack(conn, ME, acks) == {mine.pk}
+    assert await queries.ack(conn, ME, acks) == {mine.claim_token}
     assert (await fetch(mine)).state == JobState.COMPLETED
     await assert_unchanged(theirs)
 
@@ -489,8 +545,8 @@ async def test_reconcile_gives_back_our_jobs_that_we_are_not_running(conn):
     running = await claimed_job(conn, node=ME)
     lost = [await claimed_job(conn, node=ME), await claimed_job(conn, node=ME)]
     theirs = await claimed_job(conn, node=OTHER)
-    returned = await queries.reconcile(conn, ME, [running.pk])
-    assert sorted(returned) == sorted(job.pk for job in lost)
+    returned = await queries.reconcile(conn, ME, [running.claim_token])
+    assert sorted(returned) == sorted((job.pk, "available") for job in lost)
     for job in lost:
         stored = await fetch(job)
         assert (stored.state, stored.attempt) == (JobState.AVAILABLE, 0)
@@ -498,21 +554,58 @@ async def test_reconcile_gives_back_our_jobs_that_we_are_not_running(conn):
     await assert_unchanged(theirs)
 
 
+async def test_reconcile_counts_an_attempt_whose_outcome_was_lost(conn):
+    # Giving such an attempt back uncounted let a job whose outcome cannot be
+    # written run for ever (issue 8).
+    spare = await claimed_job(conn, node=ME, attempt=0, max_attempts=2)
+    last = await claimed_job(conn, node=ME, attempt=1, max_attempts=2)
+    returned = await queries.reconcile(conn, ME, [], [spare.claim_token, last.claim_token])
+    assert sorted(returned) == sorted([(spare.pk, "retryable"), (last.pk, "discarded")])
+    for job, state in ((spare, JobState.RETRYABLE), (last, JobState.DISCARDED)):
+        stored = await fetch(job)
+        assert (stored.state, stored.attempt) == (state, job.attempt)
+        assert stored.errors[-1]["kind"] == "lost"
+        assert (stored.finished_at is not None) == (state == JobState.DISCARDED)
+
+
 async def test_reconcile_with_nothing_running_gives_back_all_of_ours(conn):
     jobs = [await claimed_job(conn, node=ME) for _ in range(2)]
-    assert sorted(await queries.reconcile(conn, ME, [])) == sorted(job.pk for job in jobs)
+    returned = await queries.reconcile(conn, ME, [])
+    assert sorted(returned) == sorted((job.pk, "available") for job in jobs)
 
 
 async def test_release_returns_our_unfinished_jobs_with_the_attempt_given_back(conn):
     mine = [await claimed_job(conn, node=ME, attempt=n) for n in (0, 4)]
     theirs = await claimed_job(conn, node=OTHER)
     done = await make(completed=True, attempted_by=ME)
-    ids = [*(job.pk for job in mine), theirs.pk, done.pk]
-    assert await queries.release(conn, ME, ids) == 2
+    tokens = [*(job.claim_token for job in mine), theirs.claim_token, done.pk]
+    assert await queries.release(conn, ME, tokens) == 2
     assert [(await fetch(job)).attempt for job in mine] == [0, 4]
     assert [(await fetch(job)).state for job in mine] == [JobState.AVAILABLE] * 2
     await assert_unchanged(theirs)
     assert (await fetch(done)).state == JobState.COMPLETED
+
+
+async def test_release_gives_an_attempt_back_once_then_counts_it(conn):
+    # A job that always outlives the grace period (or stops its own runner) was
+    # given back uncounted at every shutdown: it could loop for ever (issue 8).
+    job = await claimed_job(conn, node=ME, attempt=1, max_attempts=3)  # attempt 2
+    assert await queries.release(conn, ME, [job.claim_token]) == 1
+    first = await fetch(job)
+    assert (first.state, first.attempt, first.errors) == (JobState.AVAILABLE, 1, [])
+    again = await claimed_job_again(conn, job)  # attempt 2 again
+    assert await queries.release(conn, ME, [again.claim_token]) == 1
+    second = await fetch(job)
+    assert (second.state, second.attempt) == (JobState.AVAILABLE, 2)  # it counts now
+    assert second.errors[-1]["kind"] == "released"
+    third = await claimed_job_again(conn, job)  # attempt 3: a new number, one give-back
+    assert await queries.release(conn, ME, [third.claim_token]) == 1
+    assert (await fetch(job)).attempt == 2
+    last = await claimed_job_again(conn, job)  # attempt 3 again: the last one
+    assert await queries.release(conn, ME, [last.claim_token]) == 1
+    ended = await fetch(job)
+    assert (ended.state, ended.attempt) == (JobState.DISCARDED, 3)
+    assert ended.finished_at is not None
 
 
 # -- stage and prune --------------------------------------------------------------------------
@@ -598,8 +691,8 @@ async def test_staging_notifies_the_queue(conn, listener):
 async def test_claim_does_not_notify_but_leaving_executing_does(conn, listener):
     job = await make(queue="work")
     assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "work")]
-    await claim_one(conn, job)
-    await queries.ack(conn, ME, [Ack(job.pk, 1, JobState.COMPLETED, result="1")])
+    token = (await claim_one(conn, job))[-1]
+    await queries.ack(conn, ME, [Ack(job.pk, 1, JobState.COMPLETED, result="1", token=token)])
     # The first notification after the claim is the ack's: available -> executing sent none.
     assert await collect(listener, 1) == [
         (queries.FINISHED_CHANNEL, {"id": job.pk, "state": "completed"})
@@ -618,8 +711,8 @@ async def test_claim_does_not_notify_but_leaving_executing_does(conn, listener):
 )
 async def test_every_way_out_of_executing_notifies_finished(conn, listener, ack):
     job = await make(queue="work")
-    await claim_one(conn, job)
-    assert await queries.ack(conn, ME, [Ack(job.pk, 1, **ack)]) == {job.pk}
+    token = (await claim_one(conn, job))[-1]
+    assert await queries.ack(conn, ME, [Ack(job.pk, 1, token=token, **ack)]) == {token}
     notes = await collect(listener, 2)
     assert notes == [
         (queries.AVAILABLE_CHANNEL, "work"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import math
@@ -12,17 +13,18 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Executor
-from typing import Any
+from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
+from django.dispatch import Signal
 
 from django_relay import codec, signals
 from django_relay.conf import settings
-from django_relay.context import current_job
+from django_relay.context import attempt_deadline, current_job
+from django_relay.engine.threads import JOB_THREAD_PREFIX, JobThreads
 from django_relay.exceptions import EncodeError, WorkerError
 from django_relay.jobs import cascade_cancelled
 from django_relay.models import Job, JobState
@@ -41,17 +43,52 @@ _OUTCOME_SIGNALS = {
 }
 
 
-def _error(job: Job, kind: str, error: str, tb: str | None = None) -> str:
-    entry = {"attempt": job.attempt, "kind": kind, "error": error}
+class Finished(NamedTuple):
+    """An attempt's end: the ack to persist, and what to persist if PostgreSQL refuses it."""
+
+    klass: type | None
+    ack: Ack
+    #: ``refused(reason)``: the ack that records the attempt as failed, saying why.
+    refused: Callable[[str], Ack]
+
+
+class Unstorable(Exception):
+    """PostgreSQL refused to store what an attempt produced."""
+
+
+def storable(text: str) -> str:
+    """``text`` as PostgreSQL can store it: NUL and lone surrogates backslash-escaped."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def error_entry(attempt: int, kind: str, error: str, tb: str | None = None) -> str:
+    """The encoded entry appended to ``Job.errors`` for an attempt: always storable."""
+    entry = {"attempt": attempt, "kind": kind, "error": storable(error)}
     if tb:
-        entry["traceback"] = tb
+        entry["traceback"] = storable(tb)
     return codec.dumps(entry)
+
+
+def _error(job: Job, kind: str, error: str, tb: str | None = None) -> str:
+    return error_entry(job.attempt, kind, error, tb)
 
 
 def describe(exc: BaseException) -> str:
     """``"ValueError: bad input"``: the error line recorded for an attempt."""
-    text = str(exc)
+    try:
+        text = str(exc)
+    except Exception as failure:  # the exception's own __str__ is broken
+        text = f"<str() raised {type(failure).__name__}>"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _traceback(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception:
+        return ""
 
 
 def decide(
@@ -62,42 +99,25 @@ def decide(
     ``backoff`` is the retry delay, or a function giving it: it is asked for only
     when the attempt is retried (a raise, or a result the codec refuses).
     """
+    # The sequence starts at 1: a job that was never claimed (no token) fences itself off.
+    ack = functools.partial(Ack, job.id, job.attempt, token=job.claim_token or 0)
     match outcome:
         case WaitForSignal(seconds=seconds, wait=wait, seen=seen):
             # Waiting is not failing: the attempt is given back, like a snooze.
-            return Ack(
-                job.id,
-                job.attempt,
-                JobState.SCHEDULED,
-                delay=seconds,
-                attempt_delta=-1,
-                meta=codec.dumps({"signal_wait": wait}),
-                signals_seen=seen,
+            meta = codec.dumps({"signal_wait": wait})
+            return ack(
+                JobState.SCHEDULED, delay=seconds, attempt_delta=-1, meta=meta, signals_seen=seen
             )
         case Snooze(seconds=seconds):
-            return Ack(job.id, job.attempt, JobState.SCHEDULED, delay=seconds, attempt_delta=-1)
+            return ack(JobState.SCHEDULED, delay=seconds, attempt_delta=-1)
         case Cancel(reason=reason):
-            return Ack(
-                job.id,
-                job.attempt,
-                JobState.CANCELLED,
-                error=_error(job, "cancel", reason) if reason else None,
-            )
+            return ack(JobState.CANCELLED, error=_error(job, "cancel", reason) if reason else None)
         case BaseException() as exc:
-            tb = "".join(traceback.format_exception(exc))
+            error = _error(job, "error", describe(exc), _traceback(exc))
             if job.attempt >= job.max_attempts:
-                return Ack(
-                    job.id,
-                    job.attempt,
-                    JobState.DISCARDED,
-                    error=_error(job, "error", describe(exc), tb),
-                )
-            return Ack(
-                job.id,
-                job.attempt,
-                JobState.RETRYABLE,
-                error=_error(job, "error", describe(exc), tb),
-                delay=backoff() if callable(backoff) else backoff,
+                return ack(JobState.DISCARDED, error=error)
+            return ack(
+                JobState.RETRYABLE, error=error, delay=backoff() if callable(backoff) else backoff
             )
     try:
         result = (
@@ -106,16 +126,19 @@ def decide(
     except codec.TooLarge as exc:
         # Completed all the same: retrying would produce the same oversized value.
         too_large = {"result_too_large": {"size": exc.size, "limit": exc.limit}}
-        return Ack(job.id, job.attempt, JobState.COMPLETED, meta=codec.dumps(too_large))
-    except EncodeError as exc:
+        return ack(JobState.COMPLETED, meta=codec.dumps(too_large))
+    except (ValueError, RecursionError) as exc:
+        # EncodeError, and what json refuses beyond the codec's checks (an int too
+        # long to print, nesting past the recursion limit, a lone surrogate): the
+        # attempt fails, as a raise would.
+        if not isinstance(exc, EncodeError):
+            exc = EncodeError(f"result cannot be stored: {describe(exc)}")
         return decide(job, exc, backoff=backoff, max_result_bytes=max_result_bytes)
-    return Ack(job.id, job.attempt, JobState.COMPLETED, result=result)
+    return ack(JobState.COMPLETED, result=result)
 
 
 _close_old_connections = sync_to_async(close_old_connections)
 
-#: Name prefix of the runner's threads for sync jobs (they clean up in _run_sync).
-JOB_THREAD_PREFIX = "relay-job"
 _orm_lock = threading.Lock()
 # Django connections opened outside the job threads: in a runner, asgiref's
 # thread-sensitive thread, where async jobs and await_signal reach the ORM.
@@ -147,7 +170,7 @@ def _run_sync(process: Any, job: Job) -> Any:
         close_old_connections()
 
 
-async def _call(process: Any, job: Job, threads: Executor | None) -> Any:
+async def _call(process: Any, job: Job, threads: JobThreads | None) -> Any:
     if inspect.iscoroutinefunction(process):
         if threads is None:
             return await process(job)
@@ -168,46 +191,87 @@ async def _call(process: Any, job: Job, threads: Executor | None) -> Any:
         # connection, inside its transaction.
         return await sync_to_async(process)(job)
     context = contextvars.copy_context()  # so current_job is set inside the thread
-    return await asyncio.get_running_loop().run_in_executor(
-        threads, context.run, _run_sync, process, job
-    )
+    future = threads.submit(context.run, _run_sync, process, job)
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        threads.overdue(future)  # timed out (or the runner stops): the thread runs on
+        raise
 
 
-async def execute(job: Job, threads: Executor | None) -> tuple[type | None, Ack]:
-    """Run ``job``'s worker and return the ack that finishes the attempt."""
+async def _run(process: Any, job: Job, threads: JobThreads | None, timeout: float | None) -> Any:
+    if not timeout:
+        return await _call(process, job, threads)
+    try:
+        async with asyncio.timeout(timeout) as deadline:
+            return await _call(process, job, threads)
+    except TimeoutError:
+        if deadline.expired():  # ours; not a TimeoutError that process raised
+            raise TimeoutError(f"timed out after {timeout:g}s") from None
+        raise
+
+
+async def execute(job: Job, threads: JobThreads | None) -> Finished:
+    """Run ``job``'s worker and return the ack that finishes the attempt.
+
+    Never raises for anything the worker does: a constructor, a ``process``, a
+    ``str()`` of an exception or a result that fails each end in an ack.
+    """
+    instance: Any = None
+
+    def refused(ack: Ack) -> Callable[[str], Ack]:
+        what = "result" if ack.result is not None else f"{ack.state} outcome"
+
+        def instead(reason: str) -> Ack:
+            return decide(
+                job,
+                Unstorable(f"PostgreSQL refused to store this attempt's {what}: {reason}"),
+                backoff=lambda: _backoff(instance, job),
+                max_result_bytes=settings.MAX_RESULT_BYTES,
+            )
+
+        return instead
+
     try:
         klass = resolve(job.worker)
     except WorkerError as exc:
         # Never run: an unknown path may not name code we trust.
-        return None, Ack(
-            job.id, job.attempt, JobState.DISCARDED, error=_error(job, "worker", str(exc))
+        ack = Ack(
+            job.id,
+            job.attempt,
+            JobState.DISCARDED,
+            error=_error(job, "worker", str(exc)),
+            token=job.claim_token or 0,
         )
+        return Finished(None, ack, refused(ack))
     timeout = options_of(klass).timeout
-    instance = klass()
     token = current_job.set(job)
+    deadline = attempt_deadline.set(time.monotonic() + timeout if timeout else None)
     try:
+        instance = klass()
         if signals.job_started.receivers:
-            await signals.job_started.asend(sender=klass, job=job)
-        coro = _call(instance.process, job, threads)
-        outcome = await (asyncio.wait_for(coro, timeout) if timeout else coro)
+            await send(signals.job_started, klass, job)
+        outcome = await _run(instance.process, job, threads, timeout)
     except WaitForSignal as wait:
         outcome = wait
-    except TimeoutError as exc:
-        outcome = TimeoutError(f"timed out after {timeout:g}s") if timeout else exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a job's sys.exit() must not stop the runner
         outcome = exc
     finally:
+        attempt_deadline.reset(deadline)
         current_job.reset(token)
-    return klass, decide(
+    ack = decide(
         job,
         outcome,
         backoff=lambda: _backoff(instance, job),
         max_result_bytes=settings.MAX_RESULT_BYTES,
     )
+    return Finished(klass, ack, refused(ack))
 
 
 def _backoff(instance: Any, job: Job) -> float:
     """The worker's ``backoff(job)``, or the default when it fails or is not sensible."""
+    if instance is None:  # its constructor failed: no backoff() to ask
+        return default_backoff(job.attempt)
     try:
         seconds = float(instance.backoff(job))
     except Exception:
@@ -223,11 +287,12 @@ def _backoff(instance: Any, job: Job) -> float:
 
 def report(
     klass: type | None, job: Job, ack: Ack, started: float, acked: bool
-) -> Coroutine[Any, Any, object] | None:
+) -> Coroutine[Any, Any, None] | None:
     """Log the outcome, once its ack is persisted; return its dispatch signal to send."""
     if not acked:
         logger.warning(
-            "job %s: attempt %s was rescued or released meanwhile; its outcome (%s) was dropped",
+            "job %s: attempt %s is no longer this runner's (rescued, given back or "
+            "cancelled meanwhile); its outcome (%s) was dropped",
             job.id,
             ack.attempt,
             ack.state,
@@ -249,8 +314,57 @@ def report(
         return _send_with_cascade(signal, klass, job)
     if signal is None or not signal.receivers:
         return None
-    # Async receivers run on the caller's loop, sync ones in a thread.
-    return signal.asend(sender=klass, job=job)
+    return send(signal, klass, job)
+
+
+async def send(signal: Signal, sender: type | None, job: Job) -> None:
+    """Send a lifecycle signal; a receiver that raises is logged, never propagated.
+
+    Async receivers run on the caller's loop, sync ones in a thread.
+    """
+    for receiver, response in await signal.asend_robust(sender=sender, job=job):
+        if isinstance(response, Exception):
+            logger.error(
+                "job %s: signal receiver %s failed", job.id, _name(receiver), exc_info=response
+            )
+
+
+def _name(receiver: object) -> str:
+    return getattr(receiver, "__qualname__", None) or repr(receiver)
+
+
+_background: set[asyncio.Future[Any]] = set()
+
+
+def soon(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` in the background (signal sending), keeping it referenced till done."""
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def _load(job_ids: list[int]) -> list[Job]:
+    close_old_connections()  # the runner's ORM thread may hold a connection that died
+    try:
+        return list(Job.objects.using(settings.DATABASE_ALIAS).filter(pk__in=job_ids))
+    finally:
+        close_old_connections()
+
+
+async def announce(signal: Signal, job_ids: list[int]) -> None:
+    """Send ``signal`` for jobs the runner ended outside an attempt (rescued, unreadable).
+
+    Never raises: a failure to load the jobs or of a receiver is logged.
+    """
+    if not signal.receivers or not job_ids:
+        return
+    try:
+        jobs = await sync_to_async(_load)(job_ids)
+    except Exception:
+        logger.exception("could not load jobs %s to send their signals", job_ids)
+        return
+    for job in jobs:
+        await send(signal, lookup(job.worker), job)
 
 
 def _may_cascade(job: Job, ack: Ack) -> bool:
@@ -259,7 +373,7 @@ def _may_cascade(job: Job, ack: Ack) -> bool:
 
 async def _send_with_cascade(signal: Any, klass: type | None, job: Job) -> None:
     # The ack's trigger cancelled the step's dependents: job_cancelled for them too.
-    if signal.receivers:
-        await signal.asend(sender=klass, job=job)
+    if signal is not None and signal.receivers:
+        await send(signal, klass, job)
     for dependent in await sync_to_async(cascade_cancelled)([job.id]):
-        await signals.job_cancelled.asend(sender=lookup(dependent.worker), job=dependent)
+        await send(signals.job_cancelled, lookup(dependent.worker), dependent)

@@ -14,8 +14,9 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-from django_relay import queries
+from django_relay import queries, signals
 from django_relay.conf import settings
+from django_relay.engine import executor
 from django_relay.pg import Link
 
 logger = logging.getLogger("django_relay")
@@ -150,6 +151,9 @@ class Lifeline:
             logger.warning(
                 "job %s rescued from a runner that stopped heartbeating: now %s", job_id, state
             )
+        discarded = [job_id for job_id, state in rows if state == "discarded"]
+        if discarded:  # its attempts were spent: the rescue ended it
+            executor.soon(executor.announce(signals.job_discarded, discarded))
 
     async def _prune(self) -> None:
         deleted = await self.link.run(lambda conn: queries.prune(conn, settings.PRUNE_AFTER))

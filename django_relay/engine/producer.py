@@ -7,21 +7,24 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 
 from django.db.models.base import ModelState
 
-from django_relay import codec, queries
+from django_relay import codec, queries, signals
 from django_relay.conf import settings
 from django_relay.engine import executor
 from django_relay.engine.acker import Acker
+from django_relay.engine.threads import JobThreads
 from django_relay.exceptions import DecodeError
-from django_relay.models import Job
+from django_relay.models import Job, JobState
+from django_relay.registry import default_backoff
 
 logger = logging.getLogger("django_relay")
 
 
 _JSON_COLUMNS = [queries.JOB_COLUMNS.index(name) for name in ("args", "meta", "errors", "deps")]
+_ATTEMPT = queries.JOB_COLUMNS.index("attempt")
+_TOKEN = queries.JOB_COLUMNS.index("claim_token")
 
 
 def build_job(row: tuple) -> Job:
@@ -47,7 +50,14 @@ class Producer:
     """Keeps up to ``limit`` jobs of ``queue`` running."""
 
     def __init__(
-        self, queue: str, limit: int, *, node: str, claim: Callable, acker: Acker, threads: Executor
+        self,
+        queue: str,
+        limit: int,
+        *,
+        node: str,
+        claim: Callable,
+        acker: Acker,
+        threads: JobThreads,
     ) -> None:
         self.queue = queue
         self.limit = limit
@@ -55,6 +65,8 @@ class Producer:
         self._claim = claim
         self._acker = acker
         self._threads = threads
+        #: Running attempts by claim token (a job may run twice here only if it was
+        #: rescued from us and claimed again while its stale attempt runs on).
         self.running: dict[int, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         # The last claim took every free slot, so more jobs may be waiting: a slot
@@ -93,43 +105,59 @@ class Producer:
                 await asyncio.wait_for(self._wake.wait(), settings.FETCH_INTERVAL)
 
     def _start(self, row: tuple) -> None:
-        job_id, attempt = row[0], row[queries.JOB_COLUMNS.index("attempt")]
+        job_id, attempt = row[0], row[_ATTEMPT]
+        token = row[_TOKEN]
         try:
             job = build_job(row)
-        except DecodeError as exc:
+        except Exception as exc:  # DecodeError, and whatever a hostile row may raise
             # Never run a job we cannot read; discard it, saying why.
-            entry = codec.dumps({"attempt": attempt, "kind": "decode", "error": str(exc)})
-            self._acker.submit(queries.Ack(job_id, attempt, "discarded", error=entry))
-            logger.error("job %s cannot be decoded and was discarded: %s", job_id, exc)
+            why = str(exc) if isinstance(exc, DecodeError) else executor.describe(exc)
+            error = executor.error_entry(attempt, "decode", why)
+            ack = queries.Ack(job_id, attempt, JobState.DISCARDED, error=error, token=token)
+            logger.error(
+                "job %s cannot be decoded and is discarded: %s", job_id, executor.storable(why)
+            )
+            self._acker.submit(ack).add_done_callback(
+                lambda written: _announce_discarded(written, job_id)
+            )
             return
         task = asyncio.create_task(self._execute(job), name=f"relay-job-{job_id}")
-        self.running[job_id] = task
-        task.add_done_callback(lambda _: self._finished(job_id))
+        self.running[token] = task
+        task.add_done_callback(lambda _: self._finished(token))
 
-    def _finished(self, job_id: int) -> None:
-        del self.running[job_id]
+    def _finished(self, token: int) -> None:
+        del self.running[token]
         if self._saturated:
             self._wake.set()
 
     async def _execute(self, job: Job) -> None:
         started = time.perf_counter()
         try:
-            klass, ack = await executor.execute(job, self._threads)
-        except Exception:  # a bug of ours: never kill the runner
+            finished = await executor.execute(job, self._threads)
+        except Exception as exc:  # a bug of ours: never kill the runner, still end the attempt
             logger.exception("job %s: unexpected error in the runner", job.id)
-            return
+            ack = executor.decide(
+                job,
+                exc,
+                backoff=lambda: default_backoff(job.attempt),
+                max_result_bytes=settings.MAX_RESULT_BYTES,
+            )
+            finished = executor.Finished(None, ack, lambda _: ack)
 
         # The slot frees now; the outcome is reported once the ack is written.
-        def reported(acked: asyncio.Future[bool]) -> None:
-            if acked.cancelled():
-                return
-            sending = executor.report(klass, job, ack, started, acked.result())
+        def reported(written: asyncio.Future[queries.Ack | None]) -> None:
+            if written.cancelled():
+                return  # nothing could be written: the acker said so
+            ack = written.result()
+            sending = executor.report(
+                finished.klass, job, ack or finished.ack, started, ack is not None
+            )
             if sending is not None:
-                asyncio.ensure_future(sending).add_done_callback(_log_receiver_failure)
+                executor.soon(sending)
 
-        self._acker.submit(ack).add_done_callback(reported)
+        self._acker.submit(finished.ack, finished.refused).add_done_callback(reported)
 
 
-def _log_receiver_failure(task: asyncio.Future[object]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("a job signal receiver failed", exc_info=task.exception())
+def _announce_discarded(written: asyncio.Future[queries.Ack | None], job_id: int) -> None:
+    if not written.cancelled() and written.result() is not None:
+        executor.soon(executor.announce(signals.job_discarded, [job_id]))

@@ -8,14 +8,14 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
-from django_relay import queries
+from django_relay import queries, signals
 from django_relay.conf import settings
 from django_relay.engine import executor
 from django_relay.engine.acker import Acker
 from django_relay.engine.lifeline import Heartbeat, Lifeline
 from django_relay.engine.producer import Producer
+from django_relay.engine.threads import JobThreads
 from django_relay.listener.notifier import get_notifier
 from django_relay.pg import Link
 
@@ -28,9 +28,7 @@ class Runner:
     def __init__(self, queues: dict[str, int]) -> None:
         self.queues = dict(queues)
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.threads = ThreadPoolExecutor(
-            max_workers=max(1, sum(queues.values())), thread_name_prefix=executor.JOB_THREAD_PREFIX
-        )
+        self.threads = JobThreads(sum(queues.values()))
         self.acker = Acker(self.node, on_settled=self._settled)
         self._claims = Link("claim")
         # Held around each claim and each reconcile: a reconcile must never see a
@@ -55,9 +53,9 @@ class Runner:
         queues = ", ".join(f"{q}={n}" for q, n in self.queues.items())
         return f"relayworker {self.node} ready: queues {queues}"
 
-    def running_ids(self) -> list[int]:
-        """Jobs this runner owns: running, or finished with their ack not yet written."""
-        running = [job_id for p in self.producers.values() for job_id in p.running]
+    def running_tokens(self) -> list[int]:
+        """Claims (tokens) this runner holds: running, or finished with their ack unwritten."""
+        running = [token for p in self.producers.values() for token in p.running]
         return [*running, *self.acker.unsettled]
 
     async def _claim(self, queue: str, limit: int) -> list[tuple]:
@@ -73,16 +71,21 @@ class Runner:
                 return []
 
     async def _reconcile(self) -> None:
+        lost = list(self.acker.lost)
         async with self._claim_lock:
             given_back = await self._claims.run(
-                lambda conn: queries.reconcile(conn, self.node, self.running_ids())
+                lambda conn: queries.reconcile(conn, self.node, self.running_tokens(), lost)
             )
+        self.acker.lost.difference_update(lost)  # recorded now, or no longer ours
         if given_back:
             logger.warning(
                 "gave back %s jobs marked as ours that were not running: %s",
                 len(given_back),
                 given_back,
             )
+        discarded = [job_id for job_id, state in given_back if state == "discarded"]
+        if discarded:
+            executor.soon(executor.announce(signals.job_discarded, discarded))
 
     def _wake(self, queue: str) -> None:
         producer = self.producers.get(queue)
@@ -163,14 +166,14 @@ class Runner:
             logger.info("stopping: waiting up to %gs for %s running jobs", grace, len(tasks))
             _, unfinished = await asyncio.wait(tasks, timeout=grace)
             if unfinished:
-                ids = [job_id for p in self.producers.values() for job_id in p.running]
+                tokens = [token for p in self.producers.values() for token in p.running]
                 for task in unfinished:
                     task.cancel()
                 await asyncio.gather(*unfinished, return_exceptions=True)
                 released = await self._claims.run(
-                    lambda conn: queries.release(conn, self.node, ids)
+                    lambda conn: queries.release(conn, self.node, tokens)
                 )
-                logger.warning("stopping: gave back %s unfinished jobs: %s", released, ids)
+                logger.warning("stopping: gave back %s unfinished jobs", released)
         await asyncio.gather(upkeep, return_exceptions=True)
         if not await self.acker.flush(timeout=10.0):
             logger.warning(
@@ -181,5 +184,5 @@ class Runner:
         await self.heartbeat.stop()
         await self.lifeline.close()
         await self._claims.close()
-        self.threads.shutdown(wait=False, cancel_futures=True)
+        self.threads.shutdown()
         logger.info("relayworker %s stopped", self.node)

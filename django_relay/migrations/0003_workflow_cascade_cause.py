@@ -7,7 +7,7 @@ from django.db import migrations
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("django_relay", "0001_initial"),
+        ("django_relay", "0002_claim_token"),
     ]
 
     operations = [
