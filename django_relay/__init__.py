@@ -6,7 +6,9 @@ that listing ``django_relay`` in ``INSTALLED_APPS`` imports no models.
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     )
     from django_relay.jobs import acancel_jobs, aretry_jobs, cancel_jobs, retry_jobs
     from django_relay.relay import await_many, await_many_sync, await_result, await_result_sync
+    from django_relay.tasks import relay
     from django_relay.workers import Cancel, Snooze, aenqueue_many, enqueue_many, worker
     from django_relay.workflow import Workflow, WorkflowError, adep_results, dep_results
 
@@ -52,6 +55,7 @@ __all__ = [
     "cancel_jobs",
     "dep_results",
     "enqueue_many",
+    "relay",
     "retry_jobs",
     "signal",
     "signal_sync",
@@ -65,6 +69,7 @@ _HOMES = {
     "enqueue_many": "workers",
     "aenqueue_many": "workers",
     "await_result": "relay",
+    "relay": "tasks",
     "cancel_jobs": "jobs",
     "Workflow": "workflow",
     "WorkflowError": "workflow",
@@ -102,3 +107,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+class _Package(ModuleType):
+    # ``relay`` names a public function and, until the package layout renames it, the
+    # submodule django_relay/relay.py too: importing that submodule would rebind the
+    # package's ``relay`` to the module. The public name wins; the submodule is still
+    # imported with ``from django_relay.relay import ...`` (through sys.modules).
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "relay" and isinstance(value, ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import AsyncToSync, async_to_sync, sync_to_async
 
@@ -23,6 +24,12 @@ from django_relay.exceptions import (
 from django_relay.models import Job
 from django_relay.waiting import Outcome, Registry, Waiter, get_registry, listening
 from django_relay.workers import encode, ensure_not_in_transaction, mark_saved, resolve
+
+if TYPE_CHECKING:
+    from django.tasks import TaskResult
+
+    #: What the waits accept: a job, its id, or a RelayBackend task's result.
+    Waitable = Job | int | TaskResult[Any, Any]
 
 logger = logging.getLogger("django_relay")
 
@@ -66,7 +73,11 @@ async def _refuse_open_transaction(action: str) -> None:
         await sync_to_async(ensure_not_in_transaction)(action)
 
 
-def _job_id(job_or_id: Job | int) -> int:
+def _job_id(job_or_id: Waitable) -> int:
+    if _is_task_result(job_or_id):
+        from django_relay.tasks import job_id  # Django 6+ only, so imported on use
+
+        return job_id(job_or_id)  # type: ignore[arg-type]
     if isinstance(job_or_id, Job):
         if job_or_id.pk is None:
             raise RelayError("this job was never enqueued: it has no id")
@@ -74,6 +85,12 @@ def _job_id(job_or_id: Job | int) -> int:
     if isinstance(job_or_id, bool) or not isinstance(job_or_id, int):
         raise TypeError(f"expected a Job or a job id, not {job_or_id!r}")
     return job_or_id
+
+
+def _is_task_result(value: object) -> bool:
+    # django.tasks is imported by then if the value is one of its TaskResults.
+    tasks = sys.modules.get("django.tasks")
+    return tasks is not None and isinstance(value, tasks.TaskResult)
 
 
 def _defaults(timeout: float | None, poll_interval: float | None) -> tuple[float, float]:
@@ -85,7 +102,7 @@ def _defaults(timeout: float | None, poll_interval: float | None) -> tuple[float
 
 
 async def await_result(
-    job_or_id: Job | int,
+    job_or_id: Waitable,
     timeout: float | None = None,
     poll_interval: float | None = None,
     with_retries: bool = False,
@@ -93,7 +110,8 @@ async def await_result(
     """Wait for an enqueued job and return its result.
 
     Args:
-        job_or_id: The job, or its id.
+        job_or_id: The job, its id, or the ``TaskResult`` of a Django task run by
+            ``django_relay.tasks.RelayBackend``.
         timeout: Seconds to wait (default ``RELAY["DEFAULT_TIMEOUT"]``, 30).
         poll_interval: Backup poll period, for a lost notification (default 0.5).
         with_retries: Wait through retries for the final outcome.
@@ -117,7 +135,7 @@ async def await_result(
 
 
 async def await_many(
-    jobs_or_ids: Iterable[Job | int],
+    jobs_or_ids: Iterable[Waitable],
     timeout: float | None = 5.0,
     poll_interval: float | None = None,
     with_retries: bool = False,
@@ -199,11 +217,11 @@ def _give_up(job_id: int, reason: str) -> None:
     registry.notifier.submit(registry.cancel_unstarted(job_id, reason))
 
 
-def await_result_sync(job_or_id: Job | int, **kwargs: Any) -> Any:
+def await_result_sync(job_or_id: Waitable, **kwargs: Any) -> Any:
     """See await_result()."""
     return async_to_sync(await_result)(job_or_id, **kwargs)
 
 
-def await_many_sync(jobs_or_ids: Iterable[Job | int], **kwargs: Any) -> list[Any]:
+def await_many_sync(jobs_or_ids: Iterable[Waitable], **kwargs: Any) -> list[Any]:
     """See await_many()."""
     return async_to_sync(await_many)(jobs_or_ids, **kwargs)

@@ -43,6 +43,22 @@ def _error(job: Job, kind: str, error: str, tb: str | None = None) -> str:
     return codec.dumps(entry)
 
 
+def _raised(job: Job, exc: BaseException) -> str:
+    # Which class was raised, and by which attempt (runner node, start time): Django's
+    # TaskResult reports each failed attempt's exception class and worker.
+    tb = "".join(traceback.format_exception(exc))
+    entry = {
+        "attempt": job.attempt,
+        "kind": "error",
+        "error": describe(exc),
+        "traceback": tb,
+        "exception": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "node": job.attempted_by,
+        "started": job.attempted_at.isoformat() if job.attempted_at else None,
+    }
+    return codec.dumps(entry)
+
+
 def describe(exc: BaseException) -> str:
     """``"ValueError: bad input"``: the error line recorded for an attempt."""
     text = str(exc)
@@ -79,19 +95,13 @@ def decide(
                 error=_error(job, "cancel", reason) if reason else None,
             )
         case BaseException() as exc:
-            tb = "".join(traceback.format_exception(exc))
             if job.attempt >= job.max_attempts:
-                return Ack(
-                    job.id,
-                    job.attempt,
-                    JobState.DISCARDED,
-                    error=_error(job, "error", describe(exc), tb),
-                )
+                return Ack(job.id, job.attempt, JobState.DISCARDED, error=_raised(job, exc))
             return Ack(
                 job.id,
                 job.attempt,
                 JobState.RETRYABLE,
-                error=_error(job, "error", describe(exc), tb),
+                error=_raised(job, exc),
                 delay=backoff() if callable(backoff) else backoff,
             )
     try:
@@ -150,7 +160,9 @@ async def execute(job: Job, threads: Executor | None) -> tuple[type | None, Ack]
         outcome = wait
     except TimeoutError as exc:
         outcome = TimeoutError(f"timed out after {timeout:g}s") if timeout else exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        # SystemExit too (sys.exit() in user code): it must fail the attempt, not the
+        # runner, whose event loop would stop on it.
         outcome = exc
     finally:
         current_job.reset(token)
