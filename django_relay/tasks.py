@@ -246,7 +246,7 @@ class RelayBackend(BaseTaskBackend):
             raise TaskResultDoesNotExist(result_id)
         try:
             task = _stored_task(job.args)
-        except (ImportError, WorkerError) as exc:
+        except Exception as exc:  # its module fails to import, or no longer has the task
             raise TaskResultDoesNotExist(f"{result_id}: {exc}") from exc
         return self.result_of(task, job)
 
@@ -268,8 +268,8 @@ class RelayBackend(BaseTaskBackend):
             started_at=_first_start(job),
             finished_at=job.finished_at if job.is_finished else None,
             last_attempted_at=job.attempted_at,
-            args=job.args["args"],
-            kwargs=job.args["kwargs"],
+            args=job.args.get("args", []),
+            kwargs=job.args.get("kwargs", {}),
             backend=self.alias,
             errors=errors,
             worker_ids=_worker_ids(job),

@@ -254,6 +254,15 @@ def test_backoff_option_as_seconds_function_or_dotted_path():
     assert 15 < RelayBackend("x", {}).backoff_after(1) < 20  # django_relay's default
 
 
+def test_a_task_with_retry_options_pickles_as_djangos_tasks_do():
+    import pickle
+
+    variant = tasks.add.using(max_attempts=5, backoff=1.5, priority=3)
+    assert pickle.loads(pickle.dumps(variant)) == variant
+    assert variant.using(priority=4).max_attempts == 5  # kept across using()
+    assert tasks.add.max_attempts is None  # using() made a copy
+
+
 @pytest.mark.django_db
 def test_retry_options_per_backend_and_per_task_set_the_jobs_max_attempts():
     default = Job.objects.get(pk=int(tasks.add.enqueue(1, 2).id))
@@ -288,6 +297,18 @@ def test_enqueue_joins_the_callers_transaction():
         tasks.add.enqueue(1, 2)
         raise RuntimeError("rolled back")
     assert not Job.objects.exists()
+
+
+@pytest.mark.django_db
+def test_drain_runs_tasks_in_process_for_a_projects_own_tests():
+    from django_relay.testing import drain
+
+    results = [tasks.add.enqueue(1, 2), tasks.async_echo.enqueue("a"), tasks.fail.enqueue("x")]
+    assert drain() == {"completed": 2, "discarded": 1}
+    for result in results:
+        result.refresh()
+    assert [r.status for r in results] == ["SUCCESSFUL", "SUCCESSFUL", "FAILED"]
+    assert results[1].return_value == {"async": "a"}
 
 
 # -- with real runners -------------------------------------------------------------
