@@ -11,6 +11,8 @@ from importlib import import_module
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import django
+
 if TYPE_CHECKING:
     from django_relay.awaiting import await_signal, await_signal_sync, signal, signal_sync
     from django_relay.exceptions import (
@@ -55,12 +57,14 @@ __all__ = [
     "cancel_jobs",
     "dep_results",
     "enqueue_many",
-    "relay",
     "retry_jobs",
     "signal",
     "signal_sync",
     "worker",
 ]
+
+if django.VERSION >= (6, 0):  # relay() runs Django tasks: django.tasks is Django 6+
+    __all__ += ["relay"]
 
 _HOMES = {
     "Cancel": "workers",
