@@ -468,6 +468,7 @@ class TaskRelay:
     timeout: float | None = None
     poll_interval: float | None = None
     with_retries: bool = False
+    cancel_on_timeout: bool = False
 
     async def __call__(self, task: Task, /, *args: Any, **kwargs: Any) -> Any:
         """Enqueue ``task(*args, **kwargs)`` and wait for its return value.
@@ -496,6 +497,7 @@ class TaskRelay:
             timeout=self.timeout,
             poll_interval=self.poll_interval,
             with_retries=self.with_retries,
+            cancel_on_timeout=self.cancel_on_timeout,
         )
 
     def using(
@@ -504,6 +506,7 @@ class TaskRelay:
         timeout: float | None = None,
         poll_interval: float | None = None,
         with_retries: bool | None = None,
+        cancel_on_timeout: bool | None = None,
     ) -> TaskRelay:
         """A relay with other wait options (``None`` keeps the current one).
 
@@ -511,11 +514,14 @@ class TaskRelay:
             timeout: Seconds to wait (default ``RELAY["DEFAULT_TIMEOUT"]``).
             poll_interval: Backup poll period, for a lost notification.
             with_retries: Wait through retries for the final outcome.
+            cancel_on_timeout: Cancel the task if it has not started when the
+                caller gives up (as ``Worker.relay``).
         """
         changes: dict[str, Any] = {
             "timeout": timeout,
             "poll_interval": poll_interval,
             "with_retries": with_retries,
+            "cancel_on_timeout": cancel_on_timeout,
         }
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 

@@ -480,8 +480,19 @@ async def test_relay_awaits_a_tasks_return_value(start_runner):
     }
     assert await django_relay.relay.using(with_retries=True)(tasks.flaky, succeed_on=2) == 2
     nobody = tasks.add.using(queue_name="nobody_serves_this")
-    with pytest.raises(RelayTimeout):
+    with pytest.raises(RelayTimeout) as timed_out:
         await django_relay.relay.using(timeout=0.3)(nobody, 1, 2)
+    assert (await tasks.add.aget_result(str(timed_out.value.job_id))).status == "READY"
+    with pytest.raises(RelayTimeout) as given_up:
+        await django_relay.relay.using(timeout=0.3, cancel_on_timeout=True)(nobody, 1, 2)
+
+    async def cancelled() -> bool:
+        result = await tasks.add.aget_result(str(given_up.value.job_id))
+        return result.status == "FAILED" and result.errors[0].exception_class_path.endswith(
+            "RelayCancelled"
+        )
+
+    await await_for(cancelled, message="the abandoned task to be cancelled")
 
 
 @pytest.mark.e2e
