@@ -22,6 +22,7 @@ if django.VERSION < (6, 0):  # pragma: no cover - exercised by the Django 5.2 to
         "Upgrade Django, or use django_relay's @worker classes."
     )
 
+import logging
 import math
 import re
 import traceback
@@ -45,6 +46,8 @@ from django_relay.conf import settings
 from django_relay.exceptions import WorkerError
 from django_relay.models import Job, JobState
 from django_relay.workers import default_backoff, enqueue_many, validate_queue, worker
+
+logger = logging.getLogger("django_relay")
 
 #: Attempts per task unless ``OPTIONS["MAX_ATTEMPTS"]`` or the task says otherwise.
 DEFAULT_MAX_ATTEMPTS = 3
@@ -447,11 +450,18 @@ def _finish(result: TaskResult, status: TaskResultStatus) -> None:
 
 def _announce(sender: type, job: Job, **kwargs: Any) -> None:
     """Send Django's ``task_enqueued`` for a task's job, however it was inserted."""
-    backend = task_backends[job.args["backend"]]
-    if not isinstance(backend, RelayBackend):
+    try:
+        task = getattr(job, "_relay_task", None) or _stored_task(job.args)
+        backend = task_backends[job.args["backend"]]
+        assert isinstance(backend, RelayBackend)  # checked by _stored_task
+        result = backend.result_of(task, job)
+    except Exception:
+        # A TaskWorker job inserted by hand with args naming no task: the job is
+        # stored (and its runner will say why it cannot run); there is no result
+        # to announce.
+        logger.exception("job %s names no task of a RelayBackend; task_enqueued not sent", job.pk)
         return
-    task = getattr(job, "_relay_task", None) or _stored_task(job.args)
-    task_enqueued.send(sender=type(backend), task_result=backend.result_of(task, job))
+    task_enqueued.send(sender=type(backend), task_result=result)
 
 
 signals.job_enqueued.connect(_announce, sender=TaskWorker, dispatch_uid="django_relay.tasks")
