@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import AsyncToSync, async_to_sync, sync_to_async
@@ -174,6 +174,7 @@ async def relay_job(
     poll_interval: float | None = None,
     with_retries: bool = False,
     cancel_on_timeout: bool = False,
+    on_enqueued: Callable[[Job], Awaitable[object]] | None = None,
 ) -> Any:
     """Enqueue ``job`` and wait for its result (``Worker.relay`` calls this).
 
@@ -183,7 +184,8 @@ async def relay_job(
     job can be seen as finished.
 
     With ``cancel_on_timeout``, a job that has not started when the caller gives
-    up (timeout, or the awaiting task is cancelled) is cancelled.
+    up (timeout, or the awaiting task is cancelled) is cancelled. ``on_enqueued``
+    is awaited once the job is inserted (Django's ``task_enqueued`` for tasks).
     """
     timeout, poll_interval = _defaults(timeout, poll_interval)
     deadline = asyncio.get_running_loop().time() + timeout
@@ -198,6 +200,8 @@ async def relay_job(
         mark_saved([job], [await inserted])
         if signals.job_enqueued.receivers:
             await signals.job_enqueued.asend(sender=resolve(job.worker), job=job)
+        if on_enqueued is not None:
+            await on_enqueued(job)
         remaining = max(deadline - waiter.loop.time(), 0.0)
         [outcome] = await _outcomes(registry, [waiter], remaining)
     except asyncio.CancelledError:

@@ -22,7 +22,6 @@ if django.VERSION < (6, 0):  # pragma: no cover - exercised by the Django 5.2 to
         "Upgrade Django, or use django_relay's @worker classes."
     )
 
-import logging
 import math
 import re
 import traceback
@@ -41,13 +40,11 @@ from django.utils import timezone
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
-from django_relay import codec, signals
+from django_relay import codec
 from django_relay.conf import settings
 from django_relay.exceptions import WorkerError
 from django_relay.models import Job, JobState
 from django_relay.workers import default_backoff, enqueue_many, validate_queue, worker
-
-logger = logging.getLogger("django_relay")
 
 #: Attempts per task unless ``OPTIONS["MAX_ATTEMPTS"]`` or the task says otherwise.
 DEFAULT_MAX_ATTEMPTS = 3
@@ -219,7 +216,6 @@ class RelayBackend(BaseTaskBackend):
             max_attempts=getattr(task, "max_attempts", None) or self.max_attempts,
             scheduled_at=task.run_after,
         )
-        job._relay_task = task  # for task_enqueued, sent once the row exists
         return job
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
@@ -229,7 +225,9 @@ class RelayBackend(BaseTaskBackend):
             InvalidTask, TypeError, EncodeError: see :meth:`new_job`; nothing is stored.
         """
         [job] = enqueue_many([self.new_job(task, args, kwargs)])
-        return self.result_of(task, job)
+        result = self.result_of(task, job)
+        task_enqueued.send(sender=type(self), task_result=result)
+        return result
 
     def get_result(self, result_id: str) -> TaskResult:
         """The task result ``result_id``, read from its job.
@@ -448,25 +446,6 @@ def _finish(result: TaskResult, status: TaskResultStatus) -> None:
         object.__setattr__(result, "finished_at", timezone.now())
 
 
-def _announce(sender: type, job: Job, **kwargs: Any) -> None:
-    """Send Django's ``task_enqueued`` for a task's job, however it was inserted."""
-    try:
-        task = getattr(job, "_relay_task", None) or _stored_task(job.args)
-        backend = task_backends[job.args["backend"]]
-        assert isinstance(backend, RelayBackend)  # checked by _stored_task
-        result = backend.result_of(task, job)
-    except Exception:
-        # A TaskWorker job inserted by hand with args naming no task: the job is
-        # stored (and its runner will say why it cannot run); there is no result
-        # to announce.
-        logger.exception("job %s names no task of a RelayBackend; task_enqueued not sent", job.pk)
-        return
-    task_enqueued.send(sender=type(backend), task_result=result)
-
-
-signals.job_enqueued.connect(_announce, sender=TaskWorker, dispatch_uid="django_relay.tasks")
-
-
 @dataclass(frozen=True, slots=True)
 class TaskRelay:
     """``await relay(task, *args, **kwargs)``: enqueue a Django task, return its value.
@@ -502,8 +481,14 @@ class TaskRelay:
                 f"relay() runs tasks of a RelayBackend; {task.module_path!r} uses backend "
                 f"{task.backend!r} ({type(backend).__name__})."
             )
+
+        async def announce(job: Job) -> None:
+            result = backend.result_of(task, job)
+            await task_enqueued.asend(sender=type(backend), task_result=result)
+
         return await relay_job(
             backend.new_job(task, args, kwargs),
+            on_enqueued=announce,
             timeout=self.timeout,
             poll_interval=self.poll_interval,
             with_retries=self.with_retries,
