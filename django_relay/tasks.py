@@ -70,7 +70,8 @@ def relay_priority(priority: int) -> int:
     ``run_after`` (or enqueueing).
     """
     span = TASK_MAX_PRIORITY - TASK_MIN_PRIORITY + 1
-    return (TASK_MAX_PRIORITY - priority) * 10 // span
+    # int(): Django accepts any whole number, 3.0 included.
+    return int((TASK_MAX_PRIORITY - priority) * 10 // span)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -233,6 +233,13 @@ def test_priorities_map_onto_ten_bands_keeping_their_order():
     assert relay_priority(0) == 4 and relay_priority(19) == 4 and relay_priority(-1) == 5
 
 
+@pytest.mark.django_db
+def test_a_whole_float_priority_is_accepted_as_django_accepts_it():
+    result = tasks.add.using(priority=60.0).enqueue(1, 2)
+    assert Job.objects.get(pk=int(result.id)).priority == 2
+    assert tasks.add.get_result(result.id).task.priority == 60.0
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
