@@ -62,8 +62,8 @@ class RunnerLost(Exception):
 def relay_priority(priority: int) -> int:
     """Django's task priority (-100..100, higher first) as a job priority (0..9, lower first).
 
-    The 201 Django priorities are cut into ten bands of 20 or 21, highest first:
-    81..100 → 0, 61..80 → 1, 41..60 → 2, 20..40 → 3, 0..19 → 4 (Django's
+    The 201 Django priorities are cut into ten bands of 20, the top one 21, highest
+    first: 80..100 → 0, 60..79 → 1, 40..59 → 2, 20..39 → 3, 0..19 → 4 (Django's
     default, 0, is 4), -20..-1 → 5, -40..-21 → 6, -60..-41 → 7, -80..-61 → 8,
     -100..-81 → 9. A task of higher priority never runs after one of lower
     priority in the same queue; within a band, tasks run in order of
