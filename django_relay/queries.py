@@ -320,7 +320,8 @@ UPDATE django_relay_job AS j SET
     finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
     errors = j.errors || jsonb_build_array(jsonb_build_object(
         'attempt', j.attempt, 'at', now(), 'kind', 'rescued',
-        'error', 'rescued: runner ' || coalesce(j.attempted_by, '?') || ' stopped heartbeating'))
+        'error', 'rescued: runner ' || coalesce(j.attempted_by, '?') || ' stopped heartbeating',
+        'node', j.attempted_by, 'started', j.attempted_at))
 FROM orphans WHERE j.id = orphans.id
 RETURNING j.id, j.state
 """

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import AsyncToSync, async_to_sync, sync_to_async
 from django.db import connections
@@ -25,6 +25,12 @@ from django_relay.exceptions import (
 from django_relay.listener.waiters import Outcome, Registry, Waiter, get_registry, listening
 from django_relay.models import Job
 from django_relay.registry import lookup
+
+if TYPE_CHECKING:
+    from django.tasks import TaskResult
+
+    #: What the waits accept: a job, its id, or a RelayBackend task's result.
+    Waitable = Job | int | TaskResult[Any, Any]
 
 logger = logging.getLogger("django_relay")
 
@@ -82,7 +88,21 @@ async def _refuse_open_transaction(action: str) -> None:
         await sync_to_async(ensure_not_in_transaction)(action)
 
 
-def _job_id(job_or_id: Job | int) -> int:
+#: Other kinds of handle a wait accepts, with how to read their job id. The Django
+#: Tasks backend (django_relay.tasks) adds TaskResult when it is imported, which
+#: it is before any of its results exists.
+_JOB_ID_OF: dict[type, Callable[[Any], int]] = {}
+
+
+def accept_handle(kind: type, job_id: Callable[[Any], int]) -> None:
+    """Let the waits take a ``kind`` of handle, whose job id ``job_id(handle)`` gives."""
+    _JOB_ID_OF[kind] = job_id
+
+
+def _job_id(job_or_id: Waitable) -> int:
+    for kind, job_id in _JOB_ID_OF.items():
+        if isinstance(job_or_id, kind):
+            return job_id(job_or_id)
     if isinstance(job_or_id, Job):
         if job_or_id.pk is None:
             raise RelayError("this job was never enqueued: it has no id")
@@ -101,7 +121,7 @@ def _defaults(timeout: float | None, poll_interval: float | None) -> tuple[float
 
 
 async def await_result(
-    job_or_id: Job | int,
+    job_or_id: Waitable,
     timeout: float | None = None,
     poll_interval: float | None = None,
     with_retries: bool = False,
@@ -109,7 +129,8 @@ async def await_result(
     """Wait for an enqueued job and return its result.
 
     Args:
-        job_or_id: The job, or its id.
+        job_or_id: The job, its id, or the ``TaskResult`` of a Django task run by
+            ``django_relay.tasks.RelayBackend``.
         timeout: Seconds to wait (default ``RELAY["DEFAULT_TIMEOUT"]``, 30).
         poll_interval: Backup poll period, for a lost notification (default 0.5).
         with_retries: Wait through retries for the final outcome.
@@ -133,7 +154,7 @@ async def await_result(
 
 
 async def await_many(
-    jobs_or_ids: Iterable[Job | int],
+    jobs_or_ids: Iterable[Waitable],
     timeout: float | None = 5.0,
     poll_interval: float | None = None,
     with_retries: bool = False,
@@ -172,6 +193,7 @@ async def relay_job(
     poll_interval: float | None = None,
     with_retries: bool = False,
     cancel_on_timeout: bool = False,
+    on_enqueued: Callable[[Job], Awaitable[object]] | None = None,
 ) -> Any:
     """Enqueue ``job`` and wait for its result (``Worker.relay`` calls this).
 
@@ -181,7 +203,8 @@ async def relay_job(
     job can be seen as finished.
 
     With ``cancel_on_timeout``, a job that has not started when the caller gives
-    up (timeout, or the awaiting task is cancelled) is cancelled.
+    up (timeout, or the awaiting task is cancelled) is cancelled. ``on_enqueued``
+    is awaited once the job is inserted (Django's ``task_enqueued`` for tasks).
     """
     timeout, poll_interval = _defaults(timeout, poll_interval)
     deadline = asyncio.get_running_loop().time() + timeout
@@ -196,6 +219,8 @@ async def relay_job(
         mark_saved([job], [await inserted])
         if signals.job_enqueued.receivers:
             await signals.job_enqueued.asend(sender=lookup(job.worker), job=job)
+        if on_enqueued is not None:
+            await on_enqueued(job)
         remaining = max(deadline - waiter.loop.time(), 0.0)
         [outcome] = await _outcomes(registry, [waiter], remaining)
     except asyncio.CancelledError:
@@ -240,11 +265,11 @@ def relay_new_sync(klass: type, args: Mapping[str, Any] | None = None, **kwargs:
     return async_to_sync(relay_new)(klass, args, **kwargs)
 
 
-def await_result_sync(job_or_id: Job | int, **kwargs: Any) -> Any:
+def await_result_sync(job_or_id: Waitable, **kwargs: Any) -> Any:
     """See await_result()."""
     return async_to_sync(await_result)(job_or_id, **kwargs)
 
 
-def await_many_sync(jobs_or_ids: Iterable[Job | int], **kwargs: Any) -> list[Any]:
+def await_many_sync(jobs_or_ids: Iterable[Waitable], **kwargs: Any) -> list[Any]:
     """See await_many()."""
     return async_to_sync(await_many)(jobs_or_ids, **kwargs)

@@ -90,11 +90,27 @@ RELAY: dict[str, Any] = {
     **json.loads(os.environ.get("RELAY_TEST_SETTINGS", "{}")),
 }
 
+# Django's Tasks framework on django_relay (Django 6+; Django 5.2 ignores the setting).
+TASKS = {
+    "default": {"BACKEND": "django_relay.tasks.RelayBackend", "QUEUES": []},
+    "two_queues": {"BACKEND": "django_relay.tasks.RelayBackend", "QUEUES": ["default", "mail"]},
+    "fast_retries": {
+        "BACKEND": "django_relay.tasks.RelayBackend",
+        "QUEUES": [],
+        "OPTIONS": {"MAX_ATTEMPTS": 4, "BACKOFF": 0.1},
+    },
+    "immediate": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend", "QUEUES": []},
+}
+
 STATIC_URL = "static/"
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},  # stderr
-    "loggers": {"django_relay": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "django_relay": {"handlers": ["console"], "level": "INFO"},
+        # Django's own lines for tasks (enqueued, started, finished with a traceback).
+        "django.tasks": {"handlers": ["console"], "level": "INFO"},
+    },
 }

@@ -59,16 +59,33 @@ def storable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def error_entry(attempt: int, kind: str, error: str, tb: str | None = None) -> str:
+def error_entry(
+    attempt: int, kind: str, error: str, tb: str | None = None, **extra: str | None
+) -> str:
     """The encoded entry appended to ``Job.errors`` for an attempt: always storable."""
-    entry = {"attempt": attempt, "kind": kind, "error": storable(error)}
+    entry: dict[str, object] = {"attempt": attempt, "kind": kind, "error": storable(error)}
     if tb:
         entry["traceback"] = storable(tb)
+    entry.update((key, None if value is None else storable(value)) for key, value in extra.items())
     return codec.dumps(entry)
 
 
 def _error(job: Job, kind: str, error: str, tb: str | None = None) -> str:
     return error_entry(job.attempt, kind, error, tb)
+
+
+def _raised(job: Job, exc: BaseException) -> str:
+    # Which class was raised, and by which attempt (runner node, start time): Django's
+    # TaskResult reports each failed attempt's exception class and worker.
+    return error_entry(
+        job.attempt,
+        "error",
+        describe(exc),
+        _traceback(exc),
+        exception=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        node=job.attempted_by,
+        started=job.attempted_at.isoformat() if job.attempted_at else None,
+    )
 
 
 def describe(exc: BaseException) -> str:
@@ -109,7 +126,7 @@ def decide(
         case Cancel(reason=reason):
             return ack(JobState.CANCELLED, error=_error(job, "cancel", reason) if reason else None)
         case BaseException() as exc:
-            error = _error(job, "error", describe(exc), _traceback(exc))
+            error = _raised(job, exc)
             if job.attempt >= job.max_attempts:
                 return ack(JobState.DISCARDED, error=error)
             return ack(
