@@ -578,3 +578,22 @@ def retry_jobs(cursor: Any, job_ids: Sequence[int]) -> list[int]:
     cursor.execute(LOCK_RETRIED_RUNS, (list(job_ids),))
     cursor.execute(RETRY_JOBS, (list(job_ids),))
     return [row[0] for row in cursor.fetchall()]
+
+
+# -- observability: cheap reads (health checks, metrics) ---------------------------
+
+RUNNER_HEARTBEATS = """
+SELECT id, extract(epoch FROM now() - heartbeat_at)::float8 FROM django_relay_node
+WHERE id = %s OR starts_with(id, %s || ':')
+ORDER BY heartbeat_at DESC
+"""
+
+
+def runner_heartbeats(cursor: Any, node: str) -> list[tuple[str, float]]:
+    """``(node_id, seconds_since_heartbeat)`` of the runners ``node`` names, freshest first.
+
+    ``node`` is a node id (``host:pid:suffix``) or a leading part of one ending at a
+    colon (``host`` or ``host:pid``); ages come from the database's clock.
+    """
+    cursor.execute(RUNNER_HEARTBEATS, (node, node))
+    return [(row[0], float(row[1])) for row in cursor.fetchall()]

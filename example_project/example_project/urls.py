@@ -1,7 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from django_relay.views import health
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("relay/health/", health, name="relay-health"),
     path("", include("example_app.urls")),
 ]
