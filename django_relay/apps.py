@@ -8,7 +8,9 @@ class RelayConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django_relay import checks  # noqa: F401  (registers the checks)
+        from django_relay import checks, signal_handlers  # noqa: F401  (registers the checks)
+
+        signal_handlers.connect()
 
         # Workers register themselves when their module is imported.
         autodiscover_modules("workers")

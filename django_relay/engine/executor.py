@@ -21,6 +21,7 @@ from django_relay.conf import settings
 from django_relay.context import current_job
 from django_relay.exceptions import EncodeError, WorkerError
 from django_relay.jobs import cascade_cancelled
+from django_relay.logs import OUTCOME_EVENTS, OUTCOME_LEVELS, job_fields, jobs_logger
 from django_relay.models import Job, JobState
 from django_relay.queries import Ack
 from django_relay.registry import Cancel, Snooze, default_backoff, lookup, options_of, resolve
@@ -182,24 +183,33 @@ def report(
     klass: type | None, job: Job, ack: Ack, started: float, acked: bool
 ) -> Coroutine[Any, Any, object] | None:
     """Log the outcome, once its ack is persisted; return its dispatch signal to send."""
+    duration = time.perf_counter() - started
     if not acked:
         logger.warning(
             "job %s: attempt %s was rescued or released meanwhile; its outcome (%s) was dropped",
             job.id,
             ack.attempt,
             ack.state,
+            extra=job_fields(job, "dropped", state=ack.state, duration=duration),
         )
         return None
     job.state = ack.state
-    if logger.isEnabledFor(logging.INFO):
-        logger.info(
-            "job %s %s %s in %.1fms (attempt %s/%s)",
+    level = OUTCOME_LEVELS.get(ack.state, logging.INFO)
+    if jobs_logger.isEnabledFor(level):
+        error = codec.loads(ack.error).get("error") if ack.error else None
+        jobs_logger.log(
+            level,
+            "job %s %s %s in %.1fms (attempt %s/%s)%s",
             job.id,
             job.worker,
             ack.state,
-            (time.perf_counter() - started) * 1000,
+            duration * 1000,
             ack.attempt,
             job.max_attempts,
+            f": {error}" if error else "",
+            extra=job_fields(
+                job, OUTCOME_EVENTS.get(ack.state, ack.state), duration=duration, error=error
+            ),
         )
     signal = _OUTCOME_SIGNALS.get(ack.state)  # type: ignore[call-overload]
     if _may_cascade(job, ack) and signals.job_cancelled.receivers:
