@@ -126,6 +126,25 @@ def _check_queues(queues: object) -> list[Error | Warning]:
 
 
 @register()
+def check_optional_packages(app_configs: Any, **kwargs: Any) -> list[Error]:
+    """A setting that turns on an optional feature has its package installed."""
+    relay = getattr(django_settings, "RELAY", {})
+    if not isinstance(relay, dict) or not relay.get("METRICS"):
+        return []
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return [
+            Error(
+                "RELAY['METRICS'] is on, but prometheus-client is not installed.",
+                hint="pip install 'django-relay[prometheus]'",
+                id="django_relay.E009",
+            )
+        ]
+    return []
+
+
+@register()
 def check_channel_layer(app_configs: Any, **kwargs: Any) -> list[Error]:
     """The layer job events go to exists and can be loaded (when events are on)."""
     relay = getattr(django_settings, "RELAY", {})

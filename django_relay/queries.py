@@ -597,3 +597,27 @@ def runner_heartbeats(cursor: Any, node: str) -> list[tuple[str, float]]:
     """
     cursor.execute(RUNNER_HEARTBEATS, (node, node))
     return [(row[0], float(row[1])) for row in cursor.fetchall()]
+
+
+# One statement, each arm on a partial index (fetch, executing, stage): its cost
+# follows the unfinished jobs, never the finished ones, however many are kept.
+QUEUE_GAUGES = """
+SELECT queue, 'available', count(*) FROM django_relay_job
+WHERE state = 'available' GROUP BY queue
+UNION ALL
+SELECT queue, 'executing', count(*) FROM django_relay_job
+WHERE state = 'executing' GROUP BY queue
+UNION ALL
+SELECT queue, 'waiting_for_signal', count(*) FROM django_relay_job
+WHERE state = 'scheduled' AND meta ? 'signal_wait' GROUP BY queue
+UNION ALL
+SELECT NULL, 'runners', count(*) FROM django_relay_node
+WHERE heartbeat_at > now() - %s * interval '1 second'
+"""
+
+
+def queue_gauges(cursor: Any, fresh_within: float) -> list[tuple[str | None, str, int]]:
+    """``(queue, what, count)``: jobs available, executing and waiting for a signal per
+    queue, and ``(None, "runners", n)``, the runners heartbeating within ``fresh_within``s."""
+    cursor.execute(QUEUE_GAUGES, (fresh_within,))
+    return [(row[0], row[1], int(row[2])) for row in cursor.fetchall()]

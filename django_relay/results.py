@@ -184,7 +184,8 @@ async def relay_job(
     up (timeout, or the awaiting task is cancelled) is cancelled.
     """
     timeout, poll_interval = _defaults(timeout, poll_interval)
-    deadline = asyncio.get_running_loop().time() + timeout
+    called = asyncio.get_running_loop().time()
+    deadline = called + timeout
     await _refuse_open_transaction("relay()")
     row = encode(job)
     registry = get_registry()
@@ -198,6 +199,10 @@ async def relay_job(
             await signals.job_enqueued.asend(sender=lookup(job.worker), job=job)
         remaining = max(deadline - waiter.loop.time(), 0.0)
         [outcome] = await _outcomes(registry, [waiter], remaining)
+        if signals.job_relayed.receivers:
+            await signals.job_relayed.asend(
+                sender=lookup(job.worker), job=job, duration=waiter.loop.time() - called
+            )
     except asyncio.CancelledError:
         waiter.active = False
         if cancel_on_timeout and job.pk is not None:

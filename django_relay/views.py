@@ -1,8 +1,9 @@
-"""Views a project can mount: the health check as JSON."""
+"""Views a project can mount: the health check as JSON, and Prometheus metrics."""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -24,3 +25,24 @@ def health(request: HttpRequest) -> JsonResponse:
     except ValueError:
         return JsonResponse({"status": "error", "error": "max_age must be seconds > 0"}, status=400)
     return JsonResponse(result.as_dict(), status=200 if result.ok else 503)
+
+
+@never_cache
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics in the text exposition format (needs the ``prometheus`` extra).
+
+    Mount it with ``path("relay/metrics/", django_relay.views.metrics)``. It serves
+    prometheus_client's default registry: the database gauges, and this process's
+    counters when ``RELAY["METRICS"]`` is on.
+    """
+    try:
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+        from django_relay import metrics as _registers_the_collector  # noqa: F401
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            "django_relay.views.metrics needs prometheus-client: "
+            "pip install 'django-relay[prometheus]'"
+        ) from exc
+    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)

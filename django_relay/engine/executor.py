@@ -213,20 +213,20 @@ def report(
         )
     signal = _OUTCOME_SIGNALS.get(ack.state)  # type: ignore[call-overload]
     if _may_cascade(job, ack) and signals.job_cancelled.receivers:
-        return _send_with_cascade(signal, klass, job)
+        return _send_with_cascade(signal, klass, job, duration)
     if signal is None or not signal.receivers:
         return None
     # Async receivers run on the caller's loop, sync ones in a thread.
-    return signal.asend(sender=klass, job=job)
+    return signal.asend(sender=klass, job=job, duration=duration)
 
 
 def _may_cascade(job: Job, ack: Ack) -> bool:
     return job.workflow_id is not None and ack.state in (JobState.DISCARDED, JobState.CANCELLED)
 
 
-async def _send_with_cascade(signal: Any, klass: type | None, job: Job) -> None:
+async def _send_with_cascade(signal: Any, klass: type | None, job: Job, duration: float) -> None:
     # The ack's trigger cancelled the step's dependents: job_cancelled for them too.
     if signal.receivers:
-        await signal.asend(sender=klass, job=job)
+        await signal.asend(sender=klass, job=job, duration=duration)
     for dependent in await sync_to_async(cascade_cancelled)([job.id]):
         await signals.job_cancelled.asend(sender=lookup(dependent.worker), job=dependent)
