@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "PUBLISH_EVENTS": True,
     # Count jobs for Prometheus in this process (needs the ``prometheus`` extra).
     "METRICS": False,
+    # Trace enqueue -> process with OpenTelemetry (needs the ``otel`` extra).
+    "TRACING": False,
 }
 
 

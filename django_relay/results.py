@@ -15,7 +15,7 @@ from typing import Any
 from asgiref.sync import AsyncToSync, async_to_sync, sync_to_async
 from django.db import connections
 
-from django_relay import signals
+from django_relay import signals, tracing
 from django_relay.conf import settings
 from django_relay.enqueue import encode, mark_saved, new
 from django_relay.exceptions import (
@@ -183,18 +183,42 @@ async def relay_job(
     With ``cancel_on_timeout``, a job that has not started when the caller gives
     up (timeout, or the awaiting task is cancelled) is cancelled.
     """
+    # One span for the round trip: the job's send and process spans are its children.
+    with tracing.waiting(f"relay {job.queue}", job):
+        return await _relay_job(
+            job,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            with_retries=with_retries,
+            cancel_on_timeout=cancel_on_timeout,
+        )
+
+
+async def _relay_job(
+    job: Job,
+    *,
+    timeout: float | None,
+    poll_interval: float | None,
+    with_retries: bool,
+    cancel_on_timeout: bool,
+) -> Any:
     timeout, poll_interval = _defaults(timeout, poll_interval)
     called = asyncio.get_running_loop().time()
     deadline = called + timeout
     await _refuse_open_transaction("relay()")
-    row = encode(job)
-    registry = get_registry()
-    await listening(registry, timeout)
-    waiter = Waiter(0, with_retries=with_retries, poll_interval=poll_interval)
-    inserted: asyncio.Future[tuple[Any, ...]] = waiter.loop.create_future()
-    registry.notifier.call_soon(registry.enqueue, row, waiter, inserted)
+    with tracing.producing([job]):  # writes the job's trace context into its meta
+        row = encode(job)
+        registry = get_registry()
+        await listening(registry, timeout)
+        waiter = Waiter(0, with_retries=with_retries, poll_interval=poll_interval)
+        inserted: asyncio.Future[tuple[Any, ...]] = waiter.loop.create_future()
+        registry.notifier.call_soon(registry.enqueue, row, waiter, inserted)
+        try:
+            mark_saved([job], [await inserted])
+        except asyncio.CancelledError:
+            waiter.active = False
+            raise
     try:
-        mark_saved([job], [await inserted])
         if signals.job_enqueued.receivers:
             await signals.job_enqueued.asend(sender=lookup(job.worker), job=job)
         remaining = max(deadline - waiter.loop.time(), 0.0)

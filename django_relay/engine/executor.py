@@ -16,7 +16,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 
-from django_relay import codec, signals
+from django_relay import codec, signals, tracing
 from django_relay.conf import settings
 from django_relay.context import current_job
 from django_relay.exceptions import EncodeError, WorkerError
@@ -133,6 +133,15 @@ async def _call(process: Any, job: Job, threads: Executor | None) -> Any:
 
 async def execute(job: Job, threads: Executor | None) -> tuple[type | None, Ack]:
     """Run ``job``'s worker and return the ack that finishes the attempt."""
+    if not tracing.enabled():
+        return await _execute(job, threads)
+    with tracing.processing(job) as span:
+        klass, ack = await _execute(job, threads)
+        tracing.finish(span, ack.state, ack.error)
+    return klass, ack
+
+
+async def _execute(job: Job, threads: Executor | None) -> tuple[type | None, Ack]:
     try:
         klass = resolve(job.worker)
     except WorkerError as exc:
