@@ -95,7 +95,7 @@ class DatabaseCollector(Collector):
         gauges = self._families()
         try:
             with connections[settings.DATABASE_ALIAS].cursor() as cursor:
-                rows = queries.queue_gauges(cursor, default_max_age())
+                rows = queries.unfinished_counts(cursor, default_max_age())
         except DatabaseError as exc:
             # A scrape still shows the counters; the gap in the gauges says the rest.
             logger.warning("metrics: reading the job counts failed: %s", exc)
