@@ -4,8 +4,8 @@ Each is sent with ``sender`` the worker class and ``job`` the
 :class:`~django_relay.models.Job`. Runner-side signals are sent with
 ``asend``, so async receivers run on the runner's loop and sync receivers run
 in a thread. The outcome signals (completed, failed, discarded, cancelled,
-snoozed) also carry ``duration``: seconds from the start of the attempt until
-its outcome was persisted.
+snoozed) also carry ``duration`` when the runner sends them for an attempt:
+seconds from the start of the attempt until its outcome was persisted.
 """
 
 from django.dispatch import Signal
