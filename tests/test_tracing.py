@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from django_relay import await_signal, worker
 from django_relay.models import Job
 from django_relay.testing import drain
+from tests.conftest import wait_for
 
 EXPORTER = InMemorySpanExporter()
 _provider = TracerProvider()
@@ -144,3 +146,31 @@ async def test_a_relay_has_a_producer_span_and_a_span_for_its_wait(start_runner,
     assert send.context.trace_id == waited.context.trace_id
     assert waited.attributes["messaging.message.id"] == send.attributes["messaging.message.id"]
     assert waited.end_time > send.end_time  # inserted, then waited for
+
+
+@pytest.mark.e2e
+def test_a_real_runner_continues_the_trace_in_its_thread_pool(
+    start_runner, spans, tmp_path, monkeypatch
+):
+    from tests.workers import TracedSyncWorker
+
+    exported = tmp_path / "runner-spans.jsonl"
+    monkeypatch.setenv("RELAY_TEST_SPANS", str(exported))  # tests.settings exports there
+    start_runner(TRACING=True)
+    with trace.get_tracer("tests").start_as_current_span("POST /orders/"):
+        job = TracedSyncWorker.enqueue({"value": 5})
+
+    def runner_spans() -> dict[str, dict] | None:
+        lines = exported.read_text().splitlines() if exported.exists() else []
+        found = {span["name"]: span for span in map(json.loads, lines)}
+        return found if {"process default", "sync work"} <= set(found) else None
+
+    found = wait_for(runner_spans, timeout=20, message="the runner's spans")
+    [send] = by_name(spans())["send default"]
+    process, work = found["process default"], found["sync work"]
+    assert process["kind"] == "SpanKind.CONSUMER"
+    assert process["context"]["trace_id"] == f"0x{send.context.trace_id:032x}"
+    assert process["parent_id"] == f"0x{send.context.span_id:016x}"
+    assert work["parent_id"] == process["context"]["span_id"]  # the thread saw the span
+    assert process["attributes"]["messaging.message.id"] == str(job.pk)
+    assert process["attributes"]["django_relay.job.state"] == "completed"
