@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import AsyncToSync, async_to_sync, sync_to_async
 from django.db import connections
 
-from django_relay import signals
+from django_relay import signals, tracing
 from django_relay.conf import settings
 from django_relay.enqueue import encode, mark_saved, new
 from django_relay.exceptions import (
@@ -206,23 +206,54 @@ async def relay_job(
     up (timeout, or the awaiting task is cancelled) is cancelled. ``on_enqueued``
     is awaited once the job is inserted (Django's ``task_enqueued`` for tasks).
     """
+    # One span for the round trip: the job's send and process spans are its children.
+    with tracing.waiting(f"relay {job.queue}", job):
+        return await _relay_job(
+            job,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            with_retries=with_retries,
+            cancel_on_timeout=cancel_on_timeout,
+            on_enqueued=on_enqueued,
+        )
+
+
+async def _relay_job(
+    job: Job,
+    *,
+    timeout: float | None,
+    poll_interval: float | None,
+    with_retries: bool,
+    cancel_on_timeout: bool,
+    on_enqueued: Callable[[Job], Awaitable[object]] | None,
+) -> Any:
     timeout, poll_interval = _defaults(timeout, poll_interval)
-    deadline = asyncio.get_running_loop().time() + timeout
+    called = asyncio.get_running_loop().time()
+    deadline = called + timeout
     await _refuse_open_transaction("relay()")
-    row = encode(job)
-    registry = get_registry()
-    await listening(registry, timeout)
-    waiter = Waiter(0, with_retries=with_retries, poll_interval=poll_interval)
-    inserted: asyncio.Future[tuple[Any, ...]] = waiter.loop.create_future()
-    registry.notifier.call_soon(registry.enqueue, row, waiter, inserted)
+    with tracing.producing([job]):  # writes the job's trace context into its meta
+        row = encode(job)
+        registry = get_registry()
+        await listening(registry, timeout)
+        waiter = Waiter(0, with_retries=with_retries, poll_interval=poll_interval)
+        inserted: asyncio.Future[tuple[Any, ...]] = waiter.loop.create_future()
+        registry.notifier.call_soon(registry.enqueue, row, waiter, inserted)
+        try:
+            mark_saved([job], [await inserted])
+        except asyncio.CancelledError:
+            waiter.active = False
+            raise
     try:
-        mark_saved([job], [await inserted])
         if signals.job_enqueued.receivers:
             await signals.job_enqueued.asend(sender=lookup(job.worker), job=job)
         if on_enqueued is not None:
             await on_enqueued(job)
         remaining = max(deadline - waiter.loop.time(), 0.0)
         [outcome] = await _outcomes(registry, [waiter], remaining)
+        if signals.job_relayed.receivers:
+            await signals.job_relayed.asend(
+                sender=lookup(job.worker), job=job, duration=waiter.loop.time() - called
+            )
     except asyncio.CancelledError:
         waiter.active = False
         if cancel_on_timeout and job.pk is not None:

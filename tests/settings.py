@@ -114,3 +114,22 @@ LOGGING = {
         "django.tasks": {"handlers": ["console"], "level": "INFO"},
     },
 }
+
+# RELAY_TEST_SPANS: a file where this process (a runner subprocess) writes the
+# OpenTelemetry spans it ends, one JSON object per line; set up here as a project
+# would set up its SDK in settings.py.
+if os.environ.get("RELAY_TEST_SPANS"):
+    from opentelemetry import trace as _trace
+    from opentelemetry.sdk.trace import TracerProvider as _TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    _provider = _TracerProvider()
+    _provider.add_span_processor(
+        SimpleSpanProcessor(
+            ConsoleSpanExporter(
+                out=open(os.environ["RELAY_TEST_SPANS"], "a", buffering=1),  # noqa: SIM115
+                formatter=lambda span: json.dumps(json.loads(span.to_json())) + "\n",
+            )
+        )
+    )
+    _trace.set_tracer_provider(_provider)

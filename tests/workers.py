@@ -145,3 +145,14 @@ class NotAWorker:
     def process(self, job: Any) -> Any:
         Path(job.args["marker"]).touch()
         return "ran"
+
+
+@worker(queue="default")
+class TracedSyncWorker:
+    """A plain ``def process`` that makes a span of its own, in the runner's thread pool."""
+
+    def process(self, job: Any) -> Any:
+        from opentelemetry import trace
+
+        with trace.get_tracer("tests").start_as_current_span("sync work"):
+            return job.args.get("value")

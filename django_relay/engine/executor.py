@@ -17,12 +17,13 @@ from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 from django.dispatch import Signal
 
-from django_relay import codec, signals
+from django_relay import codec, signals, tracing
 from django_relay.conf import settings
 from django_relay.context import attempt_deadline, current_job
 from django_relay.engine.threads import JobThreads
 from django_relay.exceptions import EncodeError, WorkerError
 from django_relay.jobs import cascade_cancelled
+from django_relay.logs import OUTCOME_EVENTS, OUTCOME_LEVELS, job_fields, jobs_logger
 from django_relay.models import Job, JobState
 from django_relay.queries import Ack
 from django_relay.registry import Cancel, Snooze, default_backoff, lookup, options_of, resolve
@@ -190,7 +191,18 @@ async def _run(process: Any, job: Job, threads: JobThreads | None, timeout: floa
 async def execute(job: Job, threads: JobThreads | None) -> Finished:
     """Run ``job``'s worker and return the ack that finishes the attempt.
 
-    Never raises for anything the worker does: a constructor, a ``process``, a
+    With tracing on, the attempt is a consumer span in the enqueuer's trace.
+    """
+    if not tracing.enabled():
+        return await _execute(job, threads)
+    with tracing.processing(job) as span:
+        finished = await _execute(job, threads)
+        tracing.finish(span, finished.ack.state, finished.ack.error)
+    return finished
+
+
+async def _execute(job: Job, threads: JobThreads | None) -> Finished:
+    """See execute(). Never raises for anything the worker does: a constructor, a ``process``, a
     ``str()`` of an exception or a result that fails each end in an ack.
     """
     instance: Any = None
@@ -265,6 +277,7 @@ def report(
     klass: type | None, job: Job, ack: Ack, started: float, acked: bool
 ) -> Coroutine[Any, Any, None] | None:
     """Log the outcome, once its ack is persisted; return its dispatch signal to send."""
+    duration = time.perf_counter() - started
     if not acked:
         logger.warning(
             "job %s: attempt %s is no longer this runner's (rescued, given back or "
@@ -272,33 +285,41 @@ def report(
             job.id,
             ack.attempt,
             ack.state,
+            extra=job_fields(job, "dropped", state=ack.state, duration=duration),
         )
         return None
     job.state = ack.state
-    if logger.isEnabledFor(logging.INFO):
-        logger.info(
-            "job %s %s %s in %.1fms (attempt %s/%s)",
+    level = OUTCOME_LEVELS.get(ack.state, logging.INFO)
+    if jobs_logger.isEnabledFor(level):
+        error = codec.loads(ack.error).get("error") if ack.error else None
+        jobs_logger.log(
+            level,
+            "job %s %s %s in %.1fms (attempt %s/%s)%s",
             job.id,
             job.worker,
             ack.state,
-            (time.perf_counter() - started) * 1000,
+            duration * 1000,
             ack.attempt,
             job.max_attempts,
+            f": {error}" if error else "",
+            extra=job_fields(
+                job, OUTCOME_EVENTS.get(ack.state, ack.state), duration=duration, error=error
+            ),
         )
     signal = _OUTCOME_SIGNALS.get(ack.state)  # type: ignore[call-overload]
     if _may_cascade(job, ack) and signals.job_cancelled.receivers:
-        return _send_with_cascade(signal, klass, job)
+        return _send_with_cascade(signal, klass, job, duration)
     if signal is None or not signal.receivers:
         return None
-    return send(signal, klass, job)
+    return send(signal, klass, job, duration=duration)
 
 
-async def send(signal: Signal, sender: type | None, job: Job) -> None:
+async def send(signal: Signal, sender: type | None, job: Job, **kwargs: Any) -> None:
     """Send a lifecycle signal; a receiver that raises is logged, never propagated.
 
     Async receivers run on the caller's loop, sync ones in a thread.
     """
-    for receiver, response in await signal.asend_robust(sender=sender, job=job):
+    for receiver, response in await signal.asend_robust(sender=sender, job=job, **kwargs):
         if isinstance(response, Exception):
             logger.error(
                 "job %s: signal receiver %s failed", job.id, _name(receiver), exc_info=response
@@ -347,9 +368,9 @@ def _may_cascade(job: Job, ack: Ack) -> bool:
     return job.workflow_id is not None and ack.state in (JobState.DISCARDED, JobState.CANCELLED)
 
 
-async def _send_with_cascade(signal: Any, klass: type | None, job: Job) -> None:
+async def _send_with_cascade(signal: Any, klass: type | None, job: Job, duration: float) -> None:
     # The ack's trigger cancelled the step's dependents: job_cancelled for them too.
     if signal is not None and signal.receivers:
-        await send(signal, klass, job)
+        await send(signal, klass, job, duration=duration)
     for dependent in await sync_to_async(cascade_cancelled)([job.id]):
         await send(signals.job_cancelled, lookup(dependent.worker), dependent)
