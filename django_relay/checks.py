@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -125,6 +126,32 @@ def _check_queues(queues: object) -> list[Error | Warning]:
                 Error(
                     f"RELAY['QUEUES'][{name!r}] must be an int >= 1, not {limit!r}.",
                     id="django_relay.E006",
+                )
+            )
+    return errors
+
+
+@register()
+def check_optional_packages(app_configs: Any, **kwargs: Any) -> list[Error]:
+    """A setting that turns on an optional feature has its package installed."""
+    relay = getattr(django_settings, "RELAY", {})
+    if not isinstance(relay, dict):
+        return []
+    errors = []
+    for key, module, package, extra, check_id in (
+        ("METRICS", "prometheus_client", "prometheus-client", "prometheus", "E009"),
+        ("TRACING", "opentelemetry.trace", "opentelemetry-api", "otel", "E010"),
+    ):
+        if not relay.get(key):
+            continue
+        try:
+            import_module(module)
+        except ImportError:
+            errors.append(
+                Error(
+                    f"RELAY[{key!r}] is on, but {package} is not installed.",
+                    hint=f"pip install 'django-relay[{extra}]'",
+                    id=f"django_relay.{check_id}",
                 )
             )
     return errors

@@ -52,6 +52,10 @@ DEFAULTS: dict[str, Any] = {
     # Publish job events to the Channels layer (if CHANNEL_LAYERS is configured).
     "CHANNEL_LAYER": "default",
     "PUBLISH_EVENTS": True,
+    # Count jobs for Prometheus in this process (needs the ``prometheus`` extra).
+    "METRICS": False,
+    # Trace enqueue -> process with OpenTelemetry (needs the ``otel`` extra).
+    "TRACING": False,
 }
 
 

@@ -136,6 +136,23 @@ def _stop_listener_before_database_teardown(django_db_setup: None) -> Iterator[N
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(10)
 
 
+def subprocess_env(**relay_settings: Any) -> dict[str, str]:
+    """The environment of a subprocess on the test database (a runner, a web server)."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "RELAY_TEST_DB_NAME": connection.settings_dict["NAME"],
+        "RELAY_TEST_SETTINGS": json.dumps({**FAST, **relay_settings}),
+        "PYTHONPATH": os.pathsep.join(
+            [
+                str(REPO_ROOT),
+                str(REPO_ROOT / "example_project"),
+                os.environ.get("PYTHONPATH", ""),
+            ]
+        ),
+    }
+
+
 @pytest.fixture
 def start_runner(transactional_db: None) -> Iterator[Callable[..., RunnerProcess]]:
     """Start real ``relayworker`` processes on the test database; all stopped at teardown.
@@ -148,19 +165,7 @@ def start_runner(transactional_db: None) -> Iterator[Callable[..., RunnerProcess
     def start(
         queues: str = "default=10", *, extra_args: list[str] | None = None, **relay_settings: Any
     ) -> RunnerProcess:
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "RELAY_TEST_DB_NAME": connection.settings_dict["NAME"],
-            "RELAY_TEST_SETTINGS": json.dumps({**FAST, **relay_settings}),
-            "PYTHONPATH": os.pathsep.join(
-                [
-                    str(REPO_ROOT),
-                    str(REPO_ROOT / "example_project"),
-                    os.environ.get("PYTHONPATH", ""),
-                ]
-            ),
-        }
+        env = subprocess_env(**relay_settings)
         runner = RunnerProcess(["--queues", queues, *(extra_args or [])], env)
         started.append(runner)
         runner.wait_for_line("ready")

@@ -90,11 +90,46 @@ RELAY: dict[str, Any] = {
     **json.loads(os.environ.get("RELAY_TEST_SETTINGS", "{}")),
 }
 
+# Django's Tasks framework on django_relay (Django 6+; Django 5.2 ignores the setting).
+TASKS = {
+    "default": {"BACKEND": "django_relay.tasks.RelayBackend", "QUEUES": []},
+    "two_queues": {"BACKEND": "django_relay.tasks.RelayBackend", "QUEUES": ["default", "mail"]},
+    "fast_retries": {
+        "BACKEND": "django_relay.tasks.RelayBackend",
+        "QUEUES": [],
+        "OPTIONS": {"MAX_ATTEMPTS": 4, "BACKOFF": 0.1},
+    },
+    "immediate": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend", "QUEUES": []},
+}
+
 STATIC_URL = "static/"
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},  # stderr
-    "loggers": {"django_relay": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "django_relay": {"handlers": ["console"], "level": "INFO"},
+        # Django's own lines for tasks (enqueued, started, finished with a traceback).
+        "django.tasks": {"handlers": ["console"], "level": "INFO"},
+    },
 }
+
+# RELAY_TEST_SPANS: a file where this process (a runner subprocess) writes the
+# OpenTelemetry spans it ends, one JSON object per line; set up here as a project
+# would set up its SDK in settings.py.
+if os.environ.get("RELAY_TEST_SPANS"):
+    from opentelemetry import trace as _trace
+    from opentelemetry.sdk.trace import TracerProvider as _TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    _provider = _TracerProvider()
+    _provider.add_span_processor(
+        SimpleSpanProcessor(
+            ConsoleSpanExporter(
+                out=open(os.environ["RELAY_TEST_SPANS"], "a", buffering=1),  # noqa: SIM115
+                formatter=lambda span: json.dumps(json.loads(span.to_json())) + "\n",
+            )
+        )
+    )
+    _trace.set_tracer_provider(_provider)

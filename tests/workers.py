@@ -167,3 +167,14 @@ class LoopBlockingWorker:
         record(job.args["log"], job=job.id, attempt=job.attempt, pid=os.getpid())
         time.sleep(job.args["seconds"])
         return "done"
+
+
+@worker(queue="default")
+class TracedSyncWorker:
+    """A plain ``def process`` that makes a span of its own, in the runner's thread pool."""
+
+    def process(self, job: Any) -> Any:
+        from opentelemetry import trace
+
+        with trace.get_tracer("tests").start_as_current_span("sync work"):
+            return job.args.get("value")

@@ -63,6 +63,9 @@ CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}
 
 RELAY = {"QUEUES": {"default": 10, "priority": 5}}
 
+# Django's Tasks framework (Django 6+), run by relayworker: see example_app/tasks.py.
+TASKS = {"default": {"BACKEND": "django_relay.tasks.RelayBackend", "QUEUES": []}}
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -74,5 +77,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_relay": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "django_relay": {"handlers": ["console"], "level": "INFO"},
+        "django.tasks": {"handlers": ["console"], "level": "INFO"},
+    },
 }
