@@ -101,7 +101,9 @@ class Command(BaseCommand):
                 **os.environ,
                 "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE,
                 "PYTHONPATH": os.pathsep.join(
-                    [str(EXAMPLE_DIR.parent), str(EXAMPLE_DIR), os.environ.get("PYTHONPATH", "")]
+                    filter(
+                        None, [str(EXAMPLE_DIR.parent), str(EXAMPLE_DIR), os.getenv("PYTHONPATH")]
+                    )
                 ),
             },
             stdout=subprocess.PIPE,
