@@ -83,14 +83,22 @@ def demo_site(demo_database: str) -> Iterator[tuple[str, RunnerProcess]]:
 
 
 @pytest.fixture
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+def chromium() -> str:
+    """The browser to drive; the test is skipped, saying why, without one or Playwright."""
+    pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     executable = find_browser()
     if executable is None:
         pytest.skip("no Chromium to drive: apt-get install chromium")
-    with sync_api.sync_playwright() as playwright:
+    return executable
+
+
+@pytest.fixture
+def browser(chromium: str) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=executable, args=["--no-sandbox", "--disable-gpu"], headless=True
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu"], headless=True
         )
         try:
             yield browser
@@ -100,6 +108,7 @@ def browser() -> Iterator[Any]:
 
 @contextmanager
 def screenshots_on_failure(context: Any, name: str) -> Iterator[None]:
+    """Save a screenshot of each page if the block fails; close ``context`` either way."""
     try:
         yield
     except BaseException:
@@ -109,9 +118,14 @@ def screenshots_on_failure(context: Any, name: str) -> Iterator[None]:
             page.screenshot(path=str(path), full_page=True)
             print(f"screenshot of {page.url}: {path}")
         raise
+    finally:
+        context.close()  # its websocket too, before the demo stops
 
 
-def test_the_demo_page_in_a_browser(demo_site, browser):
+def test_the_demo_page_in_a_browser(chromium, demo_site, browser):
+    # In this order: without a browser the test is skipped before the demo starts, and
+    # Playwright (whose sync API runs an event loop) stops before the demo's database is
+    # dropped, which Django refuses to do from inside a running loop.
     from playwright.sync_api import expect
 
     url, demo = demo_site
