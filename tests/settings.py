@@ -83,6 +83,9 @@ else:
 _database: dict[str, Any] = parse(_url)
 if os.environ.get("RELAY_TEST_DB_NAME"):
     _database["NAME"] = os.environ["RELAY_TEST_DB_NAME"]
+# Names each process's connections in pg_stat_activity (its listener's too), which tests
+# count; client ports would not tell them apart over the embedded server's Unix socket.
+_database["OPTIONS"].setdefault("application_name", f"relay-tests-{os.getpid()}")
 DATABASES = {
     "default": _database,
     # channels-postgres (tested as a channel layer for the job-event feed) reads its
