@@ -1,8 +1,9 @@
 """Settings for django_relay's own test suite.
 
 Environment:
-    DATABASE_URL: the PostgreSQL server to test against
-        (default ``postgres://postgres@127.0.0.1:5432/django_relay``).
+    DATABASE_URL: the PostgreSQL server to test against; unset, the suite starts a
+        throwaway server of its own in ``.pgdata/tests`` (the ``embedded`` extra) and
+        exports its URL here, so that ``relayworker`` subprocesses reach it too.
     RELAY_TEST_DB_NAME: overrides the database name; tests set it when they start a
         ``relayworker`` subprocess, pointing it at pytest-django's test database.
     RELAY_TEST_SETTINGS: JSON merged over the default ``RELAY`` dict, for subprocesses.
@@ -23,7 +24,8 @@ for _entry in (REPO_ROOT, REPO_ROOT / "example_project"):
     if str(_entry) not in sys.path:
         sys.path.append(str(_entry))
 
-from example_project.dburl import DEFAULT_URL, parse  # noqa: E402
+from example_project.dburl import parse  # noqa: E402
+from example_project.embedded import database_url  # noqa: E402
 
 SECRET_KEY = "django-relay-tests-not-secret"
 DEBUG = False
@@ -72,9 +74,18 @@ TEMPLATES = [
 
 ASGI_APPLICATION = "example_project.asgi.application"
 
-_database: dict[str, Any] = parse(os.environ.get("DATABASE_URL", DEFAULT_URL))
+if "mypy" in sys.modules:
+    # mypy's Django plugin loads these settings for the models' metadata and never
+    # connects: no server to start for it.
+    _url = os.environ.get("DATABASE_URL", "postgres:///django_relay")
+else:
+    _url = database_url("django_relay", purpose="tests")
+_database: dict[str, Any] = parse(_url)
 if os.environ.get("RELAY_TEST_DB_NAME"):
     _database["NAME"] = os.environ["RELAY_TEST_DB_NAME"]
+# Names each process's connections in pg_stat_activity (its listener's too), which tests
+# count; client ports would not tell them apart over the embedded server's Unix socket.
+_database["OPTIONS"].setdefault("application_name", f"relay-tests-{os.getpid()}")
 DATABASES = {
     "default": _database,
     # channels-postgres (tested as a channel layer for the job-event feed) reads its

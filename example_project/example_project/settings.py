@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from example_project.dburl import DEFAULT_URL, parse
+from example_project.dburl import parse
+from example_project.embedded import database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,8 @@ TEMPLATES = [
 WSGI_APPLICATION = "example_project.wsgi.application"
 ASGI_APPLICATION = "example_project.asgi.application"
 
-DATABASES = {"default": parse(os.environ.get("DATABASE_URL", DEFAULT_URL))}
+# DATABASE_URL, or else a PostgreSQL server of the example's own (see embedded.py).
+DATABASES = {"default": parse(database_url("django_relay", purpose="demo"))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
