@@ -39,11 +39,11 @@ SIGNAL_CHANNEL = "relay_signal"
 
 # -- enqueue (Django's connection, inside the caller's transaction) -----------
 
-INSERT_JOBS = """
-INSERT INTO django_relay_job (worker, queue, state, args, meta, result, errors, attempt,
+_INSERT_JOBS = """
+INSERT INTO django_relay_job ({id_column}worker, queue, state, args, meta, result, errors, attempt,
                               max_attempts, priority, scheduled_at, inserted_at, signal_count,
                               workflow_id, step, deps, ignore_cancelled, ignore_discarded)
-SELECT r.worker, r.queue,
+SELECT {id_value}r.worker, r.queue,
        coalesce(r.state, CASE WHEN r.scheduled_at > now() THEN 'scheduled' ELSE 'available' END),
        r.args::jsonb, r.meta::jsonb, NULL, '[]'::jsonb, 0,
        r.max_attempts, r.priority, coalesce(r.scheduled_at, now()), now(), 0,
@@ -51,12 +51,28 @@ SELECT r.worker, r.queue,
        coalesce(r.ignore_cancelled, false), coalesce(r.ignore_discarded, false)
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::int[],
             %s::timestamptz[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::bool[],
-            %s::bool[])
+            %s::bool[], %s::bigint[])
      WITH ORDINALITY AS r(worker, queue, args, meta, max_attempts, priority, scheduled_at,
                           state, workflow_id, step, deps, ignore_cancelled, ignore_discarded,
-                          ord)
+                          id, ord)
 ORDER BY r.ord
+{on_conflict}
 RETURNING id, state, scheduled_at, inserted_at
+"""
+INSERT_JOBS = _INSERT_JOBS.format(id_column="", id_value="", on_conflict="")
+#: relay()'s insert: ids reserved beforehand (RESERVE_JOB_IDS), so a try sent again
+#: after a lost reply finds the row that landed instead of inserting it twice.
+INSERT_RESERVED_JOBS = _INSERT_JOBS.format(
+    id_column="id, ", id_value="r.id, ", on_conflict="ON CONFLICT (id) DO NOTHING"
+)
+
+RESERVE_JOB_IDS = """
+SELECT nextval(pg_get_serial_sequence('django_relay_job', 'id')) FROM generate_series(1, %s)
+"""
+
+#: The rows of reserved ids that an earlier try of the insert already landed.
+RESERVED_JOBS = """
+SELECT id, state, scheduled_at, inserted_at FROM django_relay_job WHERE id = ANY(%s::bigint[])
 """
 
 
@@ -77,6 +93,8 @@ class NewJob:
     deps: str | None = None
     ignore_cancelled: bool = False
     ignore_discarded: bool = False
+    #: Reserved beforehand (relay's inserts); None: the next id of the sequence.
+    id: int | None = None
 
 
 def _insert_params(jobs: Sequence[NewJob]) -> list[list[Any]]:
@@ -89,11 +107,32 @@ def insert_jobs(cursor: Any, jobs: Sequence[NewJob]) -> list[tuple[Any, ...]]:
     return list(cursor.fetchall())
 
 
-async def ainsert_jobs(conn: AsyncConnection, jobs: Sequence[NewJob]) -> list[tuple[Any, ...]]:
-    """See insert_jobs(); on an async connection, in autocommit (relay's own inserts)."""
+async def reserve_job_ids(conn: AsyncConnection, count: int) -> list[int]:
+    """Take ``count`` job ids from the table's sequence, for :func:`ainsert_reserved_jobs`."""
     async with conn.cursor() as cur:
-        await cur.execute(INSERT_JOBS, _insert_params(jobs))
-        return await cur.fetchall()
+        await cur.execute(RESERVE_JOB_IDS, (count,))
+        return [row[0] for row in await cur.fetchall()]
+
+
+async def ainsert_reserved_jobs(
+    conn: AsyncConnection, jobs: Sequence[NewJob]
+) -> list[tuple[Any, ...]]:
+    """Insert ``jobs``, each with a reserved ``id``, in autocommit (relay's own inserts).
+
+    Safe to repeat: a job whose id is already in the table (an earlier try landed
+    and its reply was lost) is not inserted again, and the row returned for it is
+    the one that landed. Rows come back in the order of ``jobs``.
+    """
+    async with conn.cursor() as cur:
+        await cur.execute(INSERT_RESERVED_JOBS, _insert_params(jobs))
+        rows = await cur.fetchall()
+        if len(rows) < len(jobs):
+            # A new statement, so a new snapshot: it sees the rows that conflicted.
+            inserted = {row[0] for row in rows}
+            await cur.execute(RESERVED_JOBS, ([j.id for j in jobs if j.id not in inserted],))
+            rows += await cur.fetchall()
+    by_id = {row[0]: row for row in rows}
+    return [by_id[job.id] for job in jobs]
 
 
 # -- the runner's hot path ----------------------------------------------------

@@ -57,9 +57,13 @@ async def _outcomes(
             await asyncio.wait([w.future for w in waiters], timeout=timeout)
         return [w.future.result() if w.future.done() else None for w in waiters]
     finally:
-        for waiter in waiters:
-            waiter.active = False
-            registry.notifier.call_soon(registry.remove, waiter)
+        _forget(registry, waiters)
+
+
+def _forget(registry: Registry, waiters: list[Waiter]) -> None:
+    for waiter in waiters:
+        waiter.active = False
+        registry.notifier.call_soon(registry.remove, waiter)
 
 
 def ensure_not_in_transaction(action: str) -> None:
@@ -202,6 +206,12 @@ async def relay_job(
     could not succeed, and is refused), and its waiter is registered before the
     job can be seen as finished.
 
+    The job's id is reserved before its insert, so the listener sends the insert
+    again after a connection failure without ever inserting it twice. If
+    the insert cannot be confirmed within ``timeout``, ``RelayTimeout`` is raised
+    with ``job_id`` None, and the job is not run (cancelled if it landed, unless a
+    runner already started it).
+
     With ``cancel_on_timeout``, a job that has not started when the caller gives
     up (timeout, or the awaiting task is cancelled) is cancelled. ``on_enqueued``
     is awaited once the job is inserted (Django's ``task_enqueued`` for tasks).
@@ -239,15 +249,24 @@ async def _relay_job(
         inserted: asyncio.Future[tuple[Any, ...]] = waiter.loop.create_future()
         registry.notifier.call_soon(registry.enqueue, row, waiter, inserted)
         try:
-            mark_saved([job], [await inserted])
-        except asyncio.CancelledError:
+            saved = await asyncio.wait_for(inserted, max(deadline - waiter.loop.time(), 0.0))
+        except BaseException as exc:
+            # Gave up before learning the job's id: nobody could wait for it.
             waiter.active = False
+            registry.notifier.call_soon(registry.abandon, waiter)
+            if isinstance(exc, TimeoutError):
+                raise RelayTimeout(None, timeout) from None
             raise
+        mark_saved([job], [saved])
     try:
-        if signals.job_enqueued.receivers:
-            await signals.job_enqueued.asend(sender=lookup(job.worker), job=job)
-        if on_enqueued is not None:
-            await on_enqueued(job)
+        try:
+            if signals.job_enqueued.receivers:
+                await signals.job_enqueued.asend(sender=lookup(job.worker), job=job)
+            if on_enqueued is not None:
+                await on_enqueued(job)
+        except BaseException:
+            _forget(registry, [waiter])  # cancelled, or a receiver raised
+            raise
         remaining = max(deadline - waiter.loop.time(), 0.0)
         [outcome] = await _outcomes(registry, [waiter], remaining)
         if signals.job_relayed.receivers:
@@ -255,7 +274,6 @@ async def _relay_job(
                 sender=lookup(job.worker), job=job, duration=waiter.loop.time() - called
             )
     except asyncio.CancelledError:
-        waiter.active = False
         if cancel_on_timeout and job.pk is not None:
             _give_up(job.pk, "the relay was cancelled")
         raise

@@ -8,19 +8,23 @@ import functools
 import inspect
 import logging
 import math
+import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
 from django.dispatch import Signal
 
 from django_relay import codec, signals, tracing
 from django_relay.conf import settings
 from django_relay.context import attempt_deadline, current_job
-from django_relay.engine.threads import JobThreads
+from django_relay.engine.threads import JOB_THREAD_PREFIX, JobThreads
 from django_relay.exceptions import EncodeError, WorkerError
 from django_relay.jobs import cascade_cancelled
 from django_relay.logs import OUTCOME_EVENTS, OUTCOME_LEVELS, job_fields, jobs_logger
@@ -151,6 +155,30 @@ def decide(
     return ack(JobState.COMPLETED, result=result)
 
 
+_close_old_connections = sync_to_async(close_old_connections)
+
+_orm_lock = threading.Lock()
+# Django connections opened outside the job threads: in a runner, asgiref's
+# thread-sensitive thread, where async jobs and await_signal reach the ORM.
+_orm_connections: weakref.WeakSet[BaseDatabaseWrapper] = weakref.WeakSet()
+
+
+def _track_connection(sender: object, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    # The main thread runs the event loop (its connection, if any, is from start-up).
+    thread = threading.current_thread()
+    if thread is not threading.main_thread() and not thread.name.startswith(JOB_THREAD_PREFIX):
+        with _orm_lock:
+            _orm_connections.add(connection)
+
+
+connection_created.connect(_track_connection, dispatch_uid="django_relay.executor")
+
+
+def _orm_connected() -> bool:
+    with _orm_lock:
+        return any(wrapper.connection is not None for wrapper in _orm_connections)
+
+
 def _run_sync(process: Any, job: Job) -> Any:
     # A thread of the pool is a long-lived "request" for Django's connection handling.
     close_old_connections()
@@ -162,7 +190,20 @@ def _run_sync(process: Any, job: Job) -> Any:
 
 async def _call(process: Any, job: Job, threads: JobThreads | None) -> Any:
     if inspect.iscoroutinefunction(process):
-        return await process(job)
+        if threads is None:
+            return await process(job)
+        # An async job reaches the ORM through asgiref's thread-sensitive thread,
+        # whose connection outlives the job as a request's would: like Django around
+        # each request, close it there if it broke or aged out (a database restart
+        # would otherwise fail every later job of this runner). Only when such a
+        # connection is open: a thread hop per job costs more than most jobs.
+        if _orm_connected():
+            await _close_old_connections()
+        try:
+            return await process(job)
+        finally:
+            if _orm_connected():
+                await _close_old_connections()
     if threads is None:
         # In-process draining (django_relay.testing): run on the caller's thread and
         # connection, inside its transaction.

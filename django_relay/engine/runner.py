@@ -13,7 +13,7 @@ from django_relay import queries, signals
 from django_relay.conf import settings
 from django_relay.engine import executor
 from django_relay.engine.acker import Acker
-from django_relay.engine.lifeline import Lifeline
+from django_relay.engine.lifeline import Heartbeat, Lifeline
 from django_relay.engine.producer import Producer
 from django_relay.engine.threads import JobThreads
 from django_relay.listener.notifier import get_notifier
@@ -46,7 +46,8 @@ class Runner:
             for name, limit in self.queues.items()
         }
         self.failed = False
-        self.lifeline = Lifeline(self.node, self.queues, reconcile=self._reconcile)
+        self.lifeline = Lifeline(self.node, reconcile=self._reconcile)
+        self.heartbeat = Heartbeat(self.node, self.queues)
 
     def ready_line(self) -> str:
         queues = ", ".join(f"{q}={n}" for q, n in self.queues.items())
@@ -123,7 +124,7 @@ class Runner:
 
         unlisten = notifier.listen(queries.AVAILABLE_CHANNEL, on_available)
         notifier.on_reconnect(on_reconnect)
-        await self.lifeline.beat()  # our node exists before we own any job
+        await self.heartbeat.start()  # our node exists before we own any job
         self.acker.start()
         workers = [
             asyncio.create_task(p.run(stopping), name=f"relay-producer-{p.queue}")
@@ -180,6 +181,7 @@ class Runner:
                 "rescued and run again"
             )
         await self.acker.close()
+        await self.heartbeat.stop()
         await self.lifeline.close()
         await self._claims.close()
         self.threads.shutdown()
