@@ -144,6 +144,13 @@ class Job(models.Model):
     )
     ignore_cancelled = models.BooleanField(default=False, db_default=False)
     ignore_discarded = models.BooleanField(default=False, db_default=False)
+    # Unique jobs: a hash of what makes two jobs duplicates (and of the period's
+    # window), under a unique index; the trigger relay_unique_release clears it
+    # once the job leaves ``unique_states``, so a new duplicate may then be inserted.
+    unique_key = models.CharField(  # noqa: DJ001  (NULL: not a unique job)
+        _("unique key"), max_length=64, null=True, blank=True, editable=False
+    )
+    unique_states = _json_field(verbose_name=_("unique in states"), null=True, blank=True)
     # Drawn from a sequence at each claim and never repeated: it fences every write
     # of the attempt (ack, release, reconcile, consuming a signal), so a stale
     # attempt's write matches nothing even after the job is claimed again with the
@@ -151,6 +158,10 @@ class Job(models.Model):
     claim_token = models.BigIntegerField(_("claim token"), null=True, blank=True, editable=False)
 
     objects = JobQuerySet.as_manager()
+
+    #: Set on the instance ``enqueue`` returned: True when a unique job's duplicate
+    #: existed, and the instance now stands for that existing job.
+    conflict = False
 
     class Meta:
         verbose_name = _("job")
@@ -201,10 +212,25 @@ class Job(models.Model):
                 condition=models.Q(workflow__isnull=False),
                 name="relay_job_workflow_step",
             ),
+            models.UniqueConstraint(
+                fields=["unique_key"],
+                condition=models.Q(unique_key__isnull=False),
+                name="relay_job_unique",
+            ),
         ]
         # Payloads carry names and ids only: NOTIFY refuses payloads over 8000
         # bytes, and a refused NOTIFY would abort the UPDATE that raised it.
         triggers = [
+            # The WHEN clause keeps the cost off jobs that are not unique (the hot path).
+            pgtrigger.Trigger(
+                name="relay_unique_release",
+                when=pgtrigger.Before,
+                operation=pgtrigger.Insert | pgtrigger.Update,
+                condition=pgtrigger.Condition(
+                    "NEW.unique_key IS NOT NULL AND NOT (NEW.unique_states ? NEW.state)"
+                ),
+                func="NEW.unique_key := NULL; RETURN NEW;",
+            ),
             pgtrigger.Trigger(
                 name="relay_available_insert",
                 when=pgtrigger.After,

@@ -9,7 +9,7 @@ jobs, with a statement whose text never changes (so it stays prepared).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,22 +42,44 @@ SIGNAL_CHANNEL = "relay_signal"
 INSERT_JOBS = """
 INSERT INTO django_relay_job (worker, queue, state, args, meta, result, errors, attempt,
                               max_attempts, priority, scheduled_at, inserted_at, signal_count,
-                              workflow_id, step, deps, ignore_cancelled, ignore_discarded)
+                              workflow_id, step, deps, ignore_cancelled, ignore_discarded,
+                              unique_key, unique_states)
 SELECT r.worker, r.queue,
        coalesce(r.state, CASE WHEN r.scheduled_at > now() THEN 'scheduled' ELSE 'available' END),
        r.args::jsonb, r.meta::jsonb, NULL, '[]'::jsonb, 0,
        r.max_attempts, r.priority, coalesce(r.scheduled_at, now()), now(), 0,
        r.workflow_id, r.step, coalesce(r.deps::jsonb, '[]'::jsonb),
-       coalesce(r.ignore_cancelled, false), coalesce(r.ignore_discarded, false)
+       coalesce(r.ignore_cancelled, false), coalesce(r.ignore_discarded, false),
+       r.unique_key, r.unique_states::jsonb
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::int[],
             %s::timestamptz[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::bool[],
-            %s::bool[])
+            %s::bool[], %s::text[], %s::text[])
      WITH ORDINALITY AS r(worker, queue, args, meta, max_attempts, priority, scheduled_at,
                           state, workflow_id, step, deps, ignore_cancelled, ignore_discarded,
-                          ord)
+                          unique_key, unique_states, ord)
 ORDER BY r.ord
-RETURNING id, state, scheduled_at, inserted_at
 """
+
+_RETURNING = "RETURNING id, state, scheduled_at, inserted_at, false AS conflict"
+
+# One unique job: inserted, or (on a conflict) the existing job it duplicates. The
+# fallback SELECT runs on the statement's snapshot, so it misses a duplicate that
+# committed while the INSERT waited for it: then nothing is returned and the caller
+# runs the statement again (a new snapshot). The key also comes back empty when
+# the duplicate left its unique states meanwhile: then the insert succeeds.
+INSERT_UNIQUE = f"""
+WITH ins AS (
+    {INSERT_JOBS}
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+    {_RETURNING}
+)
+SELECT * FROM ins
+UNION ALL
+SELECT id, state, scheduled_at, inserted_at, true FROM django_relay_job
+WHERE unique_key = %s AND NOT EXISTS (SELECT 1 FROM ins)
+"""
+INSERT_JOBS += _RETURNING
+_UNIQUE_TRIES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,23 +99,67 @@ class NewJob:
     deps: str | None = None
     ignore_cancelled: bool = False
     ignore_discarded: bool = False
+    unique_key: str | None = None
+    unique_states: str | None = None  # encoded JSON list
 
 
 def _insert_params(jobs: Sequence[NewJob]) -> list[list[Any]]:
     return [[getattr(job, name) for job in jobs] for name in NewJob.__dataclass_fields__]
 
 
+def _insert_statements(jobs: Sequence[NewJob]) -> list[tuple[str, list[Any]]]:
+    # Jobs that are not unique go in one statement (the common, fast path); a batch
+    # with unique jobs goes one job per statement, in order, so that a duplicate
+    # inside the batch finds the job inserted before it.
+    if not any(job.unique_key for job in jobs):
+        return [(INSERT_JOBS, _insert_params(jobs))]
+    return [(INSERT_UNIQUE, [*_insert_params([job]), job.unique_key]) for job in jobs]
+
+
+def _inserting(
+    jobs: Sequence[NewJob],
+) -> Generator[tuple[str, list[Any]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    # The statements to run, each sent back what it returned: one body for the
+    # sync and the async driver below.
+    rows: list[tuple[Any, ...]] = []
+    for statement, params in _insert_statements(jobs):
+        for _ in range(_UNIQUE_TRIES):
+            returned = yield statement, params
+            if returned:
+                break
+        else:
+            raise RuntimeError(f"could not insert or find the unique job {params[-1]}")
+        rows.extend(returned)
+    return rows
+
+
 def insert_jobs(cursor: Any, jobs: Sequence[NewJob]) -> list[tuple[Any, ...]]:
-    """Insert ``jobs`` in one statement; return ``(id, state, scheduled_at, inserted_at)``."""
-    cursor.execute(INSERT_JOBS, _insert_params(jobs))
-    return list(cursor.fetchall())
+    """Insert ``jobs``; return ``(id, state, scheduled_at, inserted_at, conflict)`` of each.
+
+    A unique job whose duplicate exists is not inserted: its row is the existing
+    job's, with ``conflict`` true.
+    """
+    steps, returned = _inserting(jobs), None
+    try:
+        while True:
+            statement, params = steps.send(returned)  # type: ignore[arg-type]
+            cursor.execute(statement, params)
+            returned = list(cursor.fetchall())
+    except StopIteration as done:
+        return done.value
 
 
 async def ainsert_jobs(conn: AsyncConnection, jobs: Sequence[NewJob]) -> list[tuple[Any, ...]]:
     """See insert_jobs(); on an async connection, in autocommit (relay's own inserts)."""
+    steps, returned = _inserting(jobs), None
     async with conn.cursor() as cur:
-        await cur.execute(INSERT_JOBS, _insert_params(jobs))
-        return await cur.fetchall()
+        try:
+            while True:
+                statement, params = steps.send(returned)  # type: ignore[arg-type]
+                await cur.execute(statement, params)
+                returned = await cur.fetchall()
+        except StopIteration as done:
+            return done.value
 
 
 # -- the runner's hot path ----------------------------------------------------
@@ -122,6 +188,8 @@ JOB_COLUMNS = (
     "deps",
     "ignore_cancelled",
     "ignore_discarded",
+    "unique_key",
+    "unique_states",
     "claim_token",
 )
 
@@ -145,7 +213,7 @@ WITH next AS (
               least(greatest(j.inserted_at, '0001-01-02'), '9999-12-30') AS inserted_at,
               j.attempted_at, j.finished_at, j.signal_count, j.attempted_by,
               j.workflow_id, j.step, j.deps::text, j.ignore_cancelled, j.ignore_discarded,
-              j.claim_token
+              j.unique_key, NULL AS unique_states, j.claim_token
 )
 -- RETURNING follows the join's order (a merge join on id for big batches), not the
 -- claim's: sort again so a batch starts in priority order.

@@ -194,7 +194,7 @@ async def relay_job(
     registry.notifier.call_soon(registry.enqueue, row, waiter, inserted)
     try:
         mark_saved([job], [await inserted])
-        if signals.job_enqueued.receivers:
+        if signals.job_enqueued.receivers and not job.conflict:
             await signals.job_enqueued.asend(sender=lookup(job.worker), job=job)
         remaining = max(deadline - waiter.loop.time(), 0.0)
         [outcome] = await _outcomes(registry, [waiter], remaining)
