@@ -11,7 +11,12 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from django_relay import codec
-from django_relay.queries import AVAILABLE_CHANNEL, FINISHED_CHANNEL, SIGNAL_CHANNEL
+from django_relay.queries import (
+    AVAILABLE_CHANNEL,
+    FINISHED_CHANNEL,
+    QUEUE_CHANNEL,
+    SIGNAL_CHANNEL,
+)
 
 
 class JobState(models.TextChoices):
@@ -367,3 +372,79 @@ class WorkflowRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name or 'workflow'} #{self.pk}"
+
+
+class Queue(models.Model):
+    """A queue's run-time settings, shared by every runner: paused, sizes and limits.
+
+    Runners read the row when they start and whenever it changes (a trigger sends
+    a NOTIFY); changes go through :mod:`django_relay.queues`, ``manage.py
+    relayqueue`` or the admin. A queue without a row runs as ``RELAY["QUEUES"]``
+    (or ``--queues``) says, with no limits.
+    """
+
+    name = models.CharField(_("name"), primary_key=True, max_length=64)
+    paused = models.BooleanField(_("paused"), default=False, db_default=False)
+    # Node ids or host names where the queue is paused although ``paused`` is false.
+    paused_nodes = models.JSONField(_("paused on"), default=list, blank=True)
+    # Jobs at once per runner; None: as the runner was started. ``node_limits`` maps
+    # a node id or a host name to its own value.
+    local_limit = models.PositiveIntegerField(_("local limit"), null=True, blank=True)
+    node_limits = models.JSONField(_("per-node limits"), default=dict, blank=True)
+    global_limit = models.PositiveIntegerField(_("global limit"), null=True, blank=True)
+    rate_limit = models.PositiveIntegerField(_("rate limit"), null=True, blank=True)
+    rate_period = models.FloatField(_("rate period (seconds)"), null=True, blank=True)
+    # What the limits count separately: "" (the whole queue), "worker", or "args:KEY".
+    partition = models.CharField(_("partitioned by"), max_length=128, blank=True, default="")
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("queue")
+        verbose_name_plural = _("queues")
+        permissions = [("control_queue", _("Can pause, resume, scale and limit queues"))]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(local_limit__gte=1) | models.Q(local_limit__isnull=True),
+                name="relay_queue_local_limit",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(global_limit__gte=1) | models.Q(global_limit__isnull=True),
+                name="relay_queue_global_limit",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(rate_limit__isnull=True, rate_period__isnull=True)
+                | models.Q(rate_limit__gte=1, rate_period__gt=0),
+                name="relay_queue_rate",
+            ),
+        ]
+        triggers = [
+            pgtrigger.Trigger(
+                name="relay_queue_changed",
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert | pgtrigger.Update,
+                func=_notify(QUEUE_CHANNEL, "NEW.name"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class QueueStart(models.Model):
+    """When a job of a rate-limited queue started: the rate limit's sliding window.
+
+    Written by the limited claim only (queues without a rate limit write nothing)
+    and pruned by it past the window.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    queue = models.CharField(max_length=64)
+    part = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = _("queue start")
+        indexes = [models.Index(fields=["queue", "started_at"], name="relay_queue_start")]
+
+    def __str__(self) -> str:
+        return f"{self.queue} started a job at {self.started_at}"

@@ -36,6 +36,8 @@ def finished_payload(payload: str) -> tuple[int, str, int] | None:
 
 #: NOTIFY channel (sent by a trigger on ``JobSignal``): payload is the signalled job's id.
 SIGNAL_CHANNEL = "relay_signal"
+#: NOTIFY channel (sent by a trigger on ``Queue``): payload is a queue whose settings changed.
+QUEUE_CHANNEL = "relay_queue"
 
 # -- enqueue (Django's connection, inside the caller's transaction) -----------
 
@@ -193,7 +195,15 @@ JOB_COLUMNS = (
     "claim_token",
 )
 
-CLAIM = """
+_CLAIMED = """j.id, j.worker, j.queue, j.state, j.args::text, j.meta::text, NULL AS result,
+          j.errors::text, j.attempt, j.max_attempts, j.priority,
+          least(greatest(j.scheduled_at, '0001-01-02'), '9999-12-30') AS scheduled_at,
+          least(greatest(j.inserted_at, '0001-01-02'), '9999-12-30') AS inserted_at,
+          j.attempted_at, j.finished_at, j.signal_count, j.attempted_by,
+          j.workflow_id, j.step, j.deps::text, j.ignore_cancelled, j.ignore_discarded,
+          j.unique_key, NULL AS unique_states, j.claim_token"""
+
+CLAIM = f"""
 WITH next AS (
     SELECT id FROM django_relay_job
     WHERE state = 'available' AND queue = %s
@@ -207,13 +217,7 @@ WITH next AS (
     FROM next WHERE j.id = next.id
     -- Timestamps clamped to what Python holds: one row written with '-infinity'
     -- would fail loading the whole batch (which reconcile then gave back, for ever).
-    RETURNING j.id, j.worker, j.queue, j.state, j.args::text, j.meta::text, NULL AS result,
-              j.errors::text, j.attempt, j.max_attempts, j.priority,
-              least(greatest(j.scheduled_at, '0001-01-02'), '9999-12-30') AS scheduled_at,
-              least(greatest(j.inserted_at, '0001-01-02'), '9999-12-30') AS inserted_at,
-              j.attempted_at, j.finished_at, j.signal_count, j.attempted_by,
-              j.workflow_id, j.step, j.deps::text, j.ignore_cancelled, j.ignore_discarded,
-              j.unique_key, NULL AS unique_states, j.claim_token
+    RETURNING {_CLAIMED}
 )
 -- RETURNING follows the join's order (a merge join on id for big batches), not the
 -- claim's: sort again so a batch starts in priority order.
@@ -225,6 +229,105 @@ async def claim(conn: AsyncConnection, queue: str, limit: int, node: str) -> lis
     """Lock and mark up to ``limit`` available jobs of ``queue`` as ours."""
     async with conn.cursor() as cur:
         await cur.execute(CLAIM, (queue, limit, node))
+        return await cur.fetchall()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """Limits a queue's claims hold across every runner (see ``Queue``)."""
+
+    global_limit: int | None = None
+    rate_limit: int | None = None
+    rate_period: float | None = None
+    partition: str = ""  # "", "worker" or "args:KEY"
+
+
+# A limited queue's claims take turns on a transaction-level advisory lock: the
+# next claim starts (and takes its snapshot) only once the previous one committed,
+# so what it counts (jobs executing, starts in the window) includes every claim
+# before it, on any runner. Queues without limits never take it.
+LOCK_QUEUE = "SELECT pg_advisory_xact_lock(hashtextextended('django_relay.queue:' || %s, 0))"
+
+PRUNE_STARTS = """
+DELETE FROM django_relay_queuestart
+WHERE queue = %s AND started_at <= clock_timestamp() - %s * interval '1 second'
+"""
+
+_PART = """coalesce(CASE WHEN %(partition)s = 'worker' THEN {t}.worker
+                    WHEN %(partition)s LIKE 'args:%%' THEN {t}.args ->> substr(%(partition)s, 6)
+               END, '')"""
+
+# The jobs that fit: ranked within their partition, a job fits when what is already
+# executing (global limit) or started in the window (rate limit) plus its rank is
+# within the limit. Only the first ``scan`` available jobs are ranked, which bounds
+# the cost; a backlog of jobs over their partition's limit beyond that many can
+# hold back other partitions' jobs behind it (README, "Limits across runners").
+CLAIM_LIMITED = f"""
+WITH executing AS (
+    SELECT {_PART.format(t="j")} AS part, count(*) AS n FROM django_relay_job AS j
+    WHERE j.state = 'executing' AND j.queue = %(queue)s GROUP BY 1
+), started AS (
+    SELECT s.part, count(*) AS n FROM django_relay_queuestart AS s
+    WHERE s.queue = %(queue)s
+      AND s.started_at > clock_timestamp() - %(period)s::float8 * interval '1 second'
+    GROUP BY 1
+), candidates AS (
+    SELECT j.id, j.priority, j.scheduled_at, {_PART.format(t="j")} AS part
+    FROM django_relay_job AS j
+    WHERE j.state = 'available' AND j.queue = %(queue)s
+    ORDER BY j.priority, j.scheduled_at, j.id
+    LIMIT %(scan)s
+), ranked AS (
+    SELECT c.*, row_number() OVER (PARTITION BY c.part
+                                   ORDER BY c.priority, c.scheduled_at, c.id) AS rank
+    FROM candidates AS c
+), fitting AS (
+    SELECT r.id, r.part FROM ranked AS r
+    LEFT JOIN executing AS e ON e.part = r.part
+    LEFT JOIN started AS s ON s.part = r.part
+    WHERE (%(global_limit)s::int IS NULL OR coalesce(e.n, 0) + r.rank <= %(global_limit)s)
+      AND (%(rate_limit)s::int IS NULL OR coalesce(s.n, 0) + r.rank <= %(rate_limit)s)
+    ORDER BY r.priority, r.scheduled_at, r.id
+    LIMIT %(limit)s
+), next AS (
+    SELECT j.id FROM django_relay_job AS j
+    WHERE j.id IN (SELECT id FROM fitting) AND j.state = 'available'
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE django_relay_job AS j
+    SET state = 'executing', attempt = j.attempt + 1, attempted_at = clock_timestamp(),
+        attempted_by = %(node)s, claim_token = nextval('django_relay_job_claim_token_seq')
+    FROM next WHERE j.id = next.id
+    RETURNING {_CLAIMED}
+), ledger AS (
+    INSERT INTO django_relay_queuestart (queue, part, started_at)
+    SELECT %(queue)s, f.part, c.attempted_at FROM claimed AS c JOIN fitting AS f ON f.id = c.id
+    WHERE %(rate_limit)s::int IS NOT NULL
+)
+SELECT * FROM claimed ORDER BY priority, scheduled_at, id
+"""
+_LIMITED_SCAN = 1000
+
+
+async def claim_limited(
+    conn: AsyncConnection, queue: str, limit: int, node: str, limits: QueueLimits
+) -> list[tuple]:
+    """:func:`claim` for a queue with limits: at most what they leave room for."""
+    params = {
+        "queue": queue,
+        "limit": limit,
+        "node": node,
+        "scan": max(_LIMITED_SCAN, limit),
+        "global_limit": limits.global_limit,
+        "rate_limit": limits.rate_limit,
+        "period": limits.rate_period,
+        "partition": limits.partition,
+    }
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(LOCK_QUEUE, (queue,))
+        if limits.rate_limit is not None:
+            await cur.execute(PRUNE_STARTS, (queue, limits.rate_period))
+        await cur.execute(CLAIM_LIMITED, params)
         return await cur.fetchall()
 
 
@@ -707,3 +810,77 @@ def retry_jobs(cursor: Any, job_ids: Sequence[int]) -> list[int]:
     cursor.execute(LOCK_RETRIED_RUNS, (list(job_ids),))
     cursor.execute(RETRY_JOBS, (list(job_ids),))
     return [row[0] for row in cursor.fetchall()]
+
+
+# -- queues (their run-time settings) ------------------------------------------------
+
+ENSURE_QUEUES = """
+INSERT INTO django_relay_queue (name, paused, paused_nodes, node_limits, partition, updated_at)
+SELECT unnest(%s::text[]), false, '[]', '{}', '', now()
+ON CONFLICT (name) DO NOTHING
+"""
+
+QUEUE_ROWS = """
+SELECT name, paused, paused_nodes, local_limit, node_limits, global_limit, rate_limit,
+       rate_period, partition
+FROM django_relay_queue WHERE name = ANY(%s::text[])
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """A ``Queue`` row as the runner reads it."""
+
+    name: str
+    paused: bool = False
+    paused_nodes: list[str] = field(default_factory=list)
+    local_limit: int | None = None
+    node_limits: dict[str, int] = field(default_factory=dict)
+    global_limit: int | None = None
+    rate_limit: int | None = None
+    rate_period: float | None = None
+    partition: str = ""
+
+
+async def queue_rows(conn: AsyncConnection, names: Sequence[str]) -> list[QueueRow]:
+    """The rows of queues ``names``, creating the missing ones (so the admin lists them)."""
+    async with conn.cursor() as cur:
+        await cur.execute(ENSURE_QUEUES, (list(names),))
+        await cur.execute(QUEUE_ROWS, (list(names),))
+        return [QueueRow(*row) for row in await cur.fetchall()]
+
+
+# Each change creates the row if needed, then updates it: the trigger tells runners.
+# A change for every runner (no node) also drops the per-node values it overrides.
+PAUSE_QUEUE = """
+UPDATE django_relay_queue SET
+    paused = CASE WHEN %(node)s::text IS NULL THEN %(paused)s ELSE paused END,
+    paused_nodes = CASE
+        WHEN %(node)s::text IS NULL THEN '[]'::jsonb
+        WHEN %(paused)s THEN (paused_nodes - %(node)s::text) || to_jsonb(%(node)s::text)
+        ELSE paused_nodes - %(node)s::text END,
+    updated_at = now()
+WHERE name = %(name)s
+"""
+
+SCALE_QUEUE = """
+UPDATE django_relay_queue SET
+    local_limit = CASE WHEN %(node)s::text IS NULL THEN %(limit)s ELSE local_limit END,
+    node_limits = CASE WHEN %(node)s::text IS NULL THEN '{}'::jsonb
+                  ELSE node_limits || jsonb_build_object(%(node)s::text, %(limit)s) END,
+    updated_at = now()
+WHERE name = %(name)s
+"""
+
+LIMIT_QUEUE = """
+UPDATE django_relay_queue SET
+    global_limit = %(global_limit)s, rate_limit = %(rate_limit)s,
+    rate_period = %(rate_period)s, partition = %(partition)s, updated_at = now()
+WHERE name = %(name)s
+"""
+
+
+def change_queue(cursor: Any, statement: str, params: dict[str, Any]) -> None:
+    """Run one of the queue changes above on queue ``params["name"]``."""
+    cursor.execute(ENSURE_QUEUES, ([params["name"]],))
+    cursor.execute(statement, params)

@@ -13,6 +13,7 @@ from django_relay import queries, signals
 from django_relay.conf import settings
 from django_relay.engine import executor
 from django_relay.engine.acker import Acker
+from django_relay.engine.control import QueueControl
 from django_relay.engine.lifeline import Lifeline
 from django_relay.engine.producer import Producer
 from django_relay.engine.threads import JobThreads
@@ -45,6 +46,7 @@ class Runner:
             )
             for name, limit in self.queues.items()
         }
+        self.control = QueueControl(self.node, self.producers, self.queues)
         self.failed = False
         self.lifeline = Lifeline(self.node, self.queues, reconcile=self._reconcile)
 
@@ -57,11 +59,17 @@ class Runner:
         running = [token for p in self.producers.values() for token in p.running]
         return [*running, *self.acker.unsettled]
 
-    async def _claim(self, queue: str, limit: int) -> list[tuple]:
+    async def _claim(
+        self, queue: str, limit: int, limits: queries.QueueLimits | None = None
+    ) -> list[tuple]:
         async with self._claim_lock:
             try:
+                if limits is None:  # the hot path: no lock, no counting
+                    return await self._claims.run(
+                        lambda conn: queries.claim(conn, queue, limit, self.node)
+                    )
                 return await self._claims.run(
-                    lambda conn: queries.claim(conn, queue, limit, self.node)
+                    lambda conn: queries.claim_limited(conn, queue, limit, self.node, limits)
                 )
             except asyncio.CancelledError:
                 raise
@@ -117,19 +125,26 @@ class Runner:
         def on_available(queue: str) -> None:
             loop.call_soon_threadsafe(self._wake, queue)
 
+        def on_queue_changed(queue: str) -> None:
+            loop.call_soon_threadsafe(self.control.changed)
+
         def on_reconnect() -> None:
             # A reconnected listener may have missed notifications: look again.
             loop.call_soon_threadsafe(self._wake_all)
+            loop.call_soon_threadsafe(self.control.changed)
 
         unlisten = notifier.listen(queries.AVAILABLE_CHANNEL, on_available)
+        unlisten_queues = notifier.listen(queries.QUEUE_CHANNEL, on_queue_changed)
         notifier.on_reconnect(on_reconnect)
         await self.lifeline.beat()  # our node exists before we own any job
+        await self.control.refresh()  # a paused queue starts nothing, even at start
         self.acker.start()
         workers = [
             asyncio.create_task(p.run(stopping), name=f"relay-producer-{p.queue}")
             for p in self.producers.values()
         ]
         upkeep = asyncio.create_task(self.lifeline.run(stopping), name="relay-lifeline")
+        control = asyncio.create_task(self.control.run(stopping), name="relay-queue-control")
         logger.info("%s", self.ready_line())
         if on_ready is not None:
             on_ready()
@@ -138,7 +153,7 @@ class Runner:
             # linger as a runner that heartbeats but runs nothing.
             stop = asyncio.create_task(stopping.wait())
             done, _ = await asyncio.wait(
-                {stop, *workers, upkeep}, return_when=asyncio.FIRST_COMPLETED
+                {stop, *workers, upkeep, control}, return_when=asyncio.FIRST_COMPLETED
             )
             crashed = [] if stopping.is_set() else [t for t in done if t is not stop]
             if crashed:
@@ -153,6 +168,10 @@ class Runner:
             stop.cancel()
         finally:
             unlisten()
+            unlisten_queues()
+            self.control.changed()  # wakes its loop, which sees ``stopping``
+            await asyncio.gather(control, return_exceptions=True)
+            await self.control.close()
             await self._stop(workers, upkeep, settings.GRACE_PERIOD if grace is None else grace)
 
     async def _stop(
