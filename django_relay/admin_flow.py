@@ -12,10 +12,13 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _, ngettext
 
-from django_relay import queues
-from django_relay.models import Job, JobState, Queue
+from django_relay import periodic, queues
+from django_relay.models import Job, JobState, PeriodicEntry, Queue
 
 _CONTROL = "django_relay.control_queue"
 
@@ -141,4 +144,60 @@ class QueueAdmin(admin.ModelAdmin):
         )
 
 
-__all__ = ["QueueAdmin"]
+@admin.register(PeriodicEntry)
+class PeriodicEntryAdmin(admin.ModelAdmin):
+    """``RELAY["PERIODIC"]`` entries (a row once a runner has scheduled them)."""
+
+    list_display = ("name", "cron", "worker", "next_run", "last_tick", "last_job")
+    ordering = ("name",)
+    actions = ("run_now",)
+    readonly_fields = ("name", "last_tick", "last_job_id", "updated_at")
+
+    def _entry(self, obj: PeriodicEntry) -> tuple[periodic.Entry, Any] | None:
+        # Read per row (entries are few): the admin instance is shared by requests.
+        for entry in periodic.entries():
+            if entry.name == obj.name:
+                return entry, entry.next_tick(timezone.now())
+        return None
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # entries are configuration (RELAY["PERIODIC"])
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_run_periodic_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("django_relay.run_periodic")
+
+    @admin.display(description=_("cron"))
+    def cron(self, obj: PeriodicEntry) -> str:
+        found = self._entry(obj)
+        return f"{found[0].cron} ({found[0].timezone})" if found else str(_("not configured"))
+
+    @admin.display(description=_("worker"))
+    def worker(self, obj: PeriodicEntry) -> str:
+        found = self._entry(obj)
+        return found[0].worker if found else "-"
+
+    @admin.display(description=_("next run"))
+    def next_run(self, obj: PeriodicEntry) -> Any:
+        found = self._entry(obj)
+        return found[1] if found else "-"
+
+    @admin.display(description=_("last job"))
+    def last_job(self, obj: PeriodicEntry) -> str:
+        if obj.last_job_id is None:
+            return "-"
+        url = reverse("admin:django_relay_job_change", args=[obj.last_job_id])
+        return format_html('<a href="{}">#{}</a>', url, obj.last_job_id)
+
+    @admin.action(description=_("Run selected periodic jobs now"), permissions=["run_periodic"])
+    def run_now(self, request: HttpRequest, queryset: QuerySet[PeriodicEntry]) -> None:
+        for row in queryset:
+            try:
+                job = periodic.run_now(row.name)
+            except KeyError:
+                self.message_user(request, f"{row.name} is no longer configured", messages.WARNING)
+                continue
+            self.log_change(request, row, f"Run now: job {job.pk}")
+            self.message_user(request, f"{row.name}: enqueued job {job.pk}", messages.SUCCESS)

@@ -41,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     # Publish job events to the Channels layer (if CHANNEL_LAYERS is configured).
     "CHANNEL_LAYER": "default",
     "PUBLISH_EVENTS": True,
+    # Periodic jobs: a list of {"cron", "worker", "args", "options", "timezone", "name"}.
+    "PERIODIC": [],
 }
 
 

@@ -448,3 +448,20 @@ class QueueStart(models.Model):
 
     def __str__(self) -> str:
         return f"{self.queue} started a job at {self.started_at}"
+
+
+class PeriodicEntry(models.Model):
+    """The last tick of one ``RELAY["PERIODIC"]`` entry: the key that makes ticks unique."""
+
+    name = models.CharField(_("name"), primary_key=True, max_length=255)
+    last_tick = models.DateTimeField(_("last tick"), null=True, blank=True)
+    last_job_id = models.BigIntegerField(_("last job"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated at"), db_default=Now())
+
+    class Meta:
+        verbose_name = _("periodic job")
+        verbose_name_plural = _("periodic jobs")
+        permissions = [("run_periodic", _("Can run periodic jobs now"))]
+
+    def __str__(self) -> str:
+        return self.name

@@ -884,3 +884,45 @@ def change_queue(cursor: Any, statement: str, params: dict[str, Any]) -> None:
     """Run one of the queue changes above on queue ``params["name"]``."""
     cursor.execute(ENSURE_QUEUES, ([params["name"]],))
     cursor.execute(statement, params)
+
+
+# -- periodic jobs -------------------------------------------------------------------
+
+ENSURE_PERIODIC = """
+INSERT INTO django_relay_periodicentry (name, updated_at) SELECT unnest(%s::text[]), now()
+ON CONFLICT (name) DO NOTHING
+"""
+
+PERIODIC_TICKS = """
+SELECT name, last_tick FROM django_relay_periodicentry WHERE name = ANY(%s::text[])
+"""
+
+# Moves ``last_tick`` forward only. Two runners taking the same tick: the second
+# waits for the first's row lock, then re-checks the WHERE on the committed row
+# (tick no longer newer) and updates nothing, so it returns no row.
+TAKE_TICK = """
+INSERT INTO django_relay_periodicentry AS p (name, last_tick, updated_at)
+VALUES (%s, %s, now())
+ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick, updated_at = now()
+WHERE p.last_tick IS NULL OR p.last_tick < excluded.last_tick
+RETURNING name
+"""
+
+RECORD_TICK_JOB = "UPDATE django_relay_periodicentry SET last_job_id = %s WHERE name = %s"
+
+
+def periodic_ticks(cursor: Any, names: Sequence[str]) -> list[tuple[str, datetime | None]]:
+    """``(name, last_tick)`` of these entries, creating the rows they lack."""
+    cursor.execute(ENSURE_PERIODIC, (list(names),))
+    cursor.execute(PERIODIC_TICKS, (list(names),))
+    return list(cursor.fetchall())
+
+
+def take_tick(cursor: Any, name: str, tick: datetime) -> bool:
+    """Whether this caller takes ``tick`` of entry ``name`` (then it enqueues the job)."""
+    cursor.execute(TAKE_TICK, (name, tick))
+    return cursor.fetchone() is not None
+
+
+def record_tick_job(cursor: Any, name: str, job_id: int) -> None:
+    cursor.execute(RECORD_TICK_JOB, (job_id, name))

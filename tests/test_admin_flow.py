@@ -51,3 +51,31 @@ def test_the_form_refuses_bad_limits() -> None:
     client.post({"local_limit": 4, "global_limit": 2, "partition": "worker"})
     row = Queue.objects.get(name="mail")
     assert (row.local_limit, row.global_limit, row.partition) == (4, 2, "worker")
+
+
+PERIODIC_LIST = reverse("admin:django_relay_periodicentry_changelist")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_periodic_entries_show_next_and_last_run_and_run_now_needs_permission() -> None:
+    import datetime as dt
+
+    from django.conf import settings
+    from django.test import override_settings
+
+    from django_relay import periodic
+    from django_relay.models import Job
+
+    entry = {"cron": "0 3 * * *", "worker": "tests.flow_workers.TickWorker", "name": "nightly"}
+    with override_settings(RELAY={**settings.RELAY, "PERIODIC": [entry]}):
+        start = dt.datetime(2026, 3, 1, 2, 0, tzinfo=dt.UTC)
+        periodic.enqueue_due(start + dt.timedelta(hours=1, seconds=1), start)
+        viewer = AdminClient(staff_user("view_periodicentry"), PERIODIC_LIST)
+        text = viewer.get(PERIODIC_LIST).content.decode()
+        assert "0 3 * * * (UTC)" in text and "nightly" in text
+        assert "Run selected periodic jobs now" not in text
+        viewer.post({"action": "run_now", "_selected_action": ["nightly"]})
+        assert Job.objects.count() == 1
+        runner = AdminClient(staff_user("view_periodicentry", "run_periodic"), PERIODIC_LIST)
+        runner.post({"action": "run_now", "_selected_action": ["nightly"]})
+        assert Job.objects.filter(meta__manual=True).count() == 1

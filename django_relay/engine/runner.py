@@ -9,13 +9,14 @@ import socket
 import uuid
 from collections.abc import Callable
 
-from django_relay import queries, signals
+from django_relay import periodic, queries, signals
 from django_relay.conf import settings
 from django_relay.engine import executor
 from django_relay.engine.acker import Acker
 from django_relay.engine.control import QueueControl
 from django_relay.engine.lifeline import Lifeline
 from django_relay.engine.producer import Producer
+from django_relay.engine.scheduler import Scheduler
 from django_relay.engine.threads import JobThreads
 from django_relay.listener.notifier import get_notifier
 from django_relay.pg import Link
@@ -47,6 +48,8 @@ class Runner:
             for name, limit in self.queues.items()
         }
         self.control = QueueControl(self.node, self.producers, self.queues)
+        entries = periodic.entries()
+        self.scheduler = Scheduler(entries) if entries else None
         self.failed = False
         self.lifeline = Lifeline(self.node, self.queues, reconcile=self._reconcile)
 
@@ -145,6 +148,11 @@ class Runner:
         ]
         upkeep = asyncio.create_task(self.lifeline.run(stopping), name="relay-lifeline")
         control = asyncio.create_task(self.control.run(stopping), name="relay-queue-control")
+        services = [control]
+        if self.scheduler is not None:
+            services.append(
+                asyncio.create_task(self.scheduler.run(stopping), name="relay-scheduler")
+            )
         logger.info("%s", self.ready_line())
         if on_ready is not None:
             on_ready()
@@ -153,7 +161,7 @@ class Runner:
             # linger as a runner that heartbeats but runs nothing.
             stop = asyncio.create_task(stopping.wait())
             done, _ = await asyncio.wait(
-                {stop, *workers, upkeep, control}, return_when=asyncio.FIRST_COMPLETED
+                {stop, *workers, upkeep, *services}, return_when=asyncio.FIRST_COMPLETED
             )
             crashed = [] if stopping.is_set() else [t for t in done if t is not stop]
             if crashed:
@@ -170,7 +178,7 @@ class Runner:
             unlisten()
             unlisten_queues()
             self.control.changed()  # wakes its loop, which sees ``stopping``
-            await asyncio.gather(control, return_exceptions=True)
+            await asyncio.gather(*services, return_exceptions=True)
             await self.control.close()
             await self._stop(workers, upkeep, settings.GRACE_PERIOD if grace is None else grace)
 
