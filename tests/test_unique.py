@@ -143,3 +143,12 @@ async def test_relay_of_a_duplicate_awaits_the_existing_jobs_result(
     assert await relayed == 5
     count = await sync_to_async(Job.objects.count)()
     assert count == 1  # the relay inserted nothing: it waited for the first job
+
+
+def test_a_workflow_step_is_never_unique() -> None:
+    from django_relay import Workflow
+
+    UniqueWorker.enqueue({"value": 1})
+    jobs = Workflow("w").add("a", UniqueWorker.new({"value": 1})).enqueue()
+    assert not jobs[0].conflict
+    assert Job.objects.count() == 2
