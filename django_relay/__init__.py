@@ -13,6 +13,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+import django
+
 if TYPE_CHECKING:  # the same names, for type checkers (``x as x``: re-exported)
     from django_relay.decorators import worker as worker
     from django_relay.enqueue import aenqueue_many as aenqueue_many, enqueue_many as enqueue_many
@@ -45,6 +47,7 @@ if TYPE_CHECKING:  # the same names, for type checkers (``x as x``: re-exported)
         signal as signal,
         signal_sync as signal_sync,
     )
+    from django_relay.tasks import relay as relay
     from django_relay.workflow import (
         Workflow as Workflow,
         WorkflowError as WorkflowError,
@@ -68,6 +71,7 @@ _EXPORTS = {
     "await_signal_sync": "signalling",
     "signal": "signalling",
     "signal_sync": "signalling",
+    "relay": "tasks",
     "Workflow": "workflow",
     "WorkflowError": "workflow",
     "dep_results": "workflow",
@@ -86,7 +90,9 @@ _EXPORTS = {
     "SignalTimeout": "exceptions",
 }
 
-__all__ = sorted(_EXPORTS)
+# relay() runs Django tasks, and django.tasks is Django 6+: ``import *`` must not
+# reach for it on Django 5.2 (where accessing it raises a clear ImportError).
+__all__ = sorted(name for name in _EXPORTS if name != "relay" or django.VERSION >= (6, 0))
 
 
 def __getattr__(name: str) -> Any:

@@ -18,11 +18,11 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet, TextField
 from django.db.models.functions import Cast, Now
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import URLPattern, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _, ngettext
 
-from django_relay import codec
+from django_relay import codec, dashboard
 from django_relay.conf import settings
 from django_relay.exceptions import EncodeError
 from django_relay.graph import render_svg
@@ -201,6 +201,9 @@ class JobAdmin(SafeDeleteMixin, admin.ModelAdmin):
         return queryset.filter(state__in=TERMINAL_STATES).exclude(
             _run_is_unfinished(OuterRef("workflow_id"))
         )
+
+    def get_urls(self) -> list[URLPattern]:
+        return [*dashboard.urls(self), *super().get_urls()]
 
     # -- display ------------------------------------------------------------
 

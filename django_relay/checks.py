@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -20,8 +21,13 @@ _NUMBERS = (
     "STAGE_INTERVAL",
     "HEARTBEAT_INTERVAL",
     "RESCUE_AFTER",
+    "LOOP_BLOCKED_WARNING",
     "GRACE_PERIOD",
     "LISTENER_PING_INTERVAL",
+    "LISTENER_PING_TIMEOUT",
+    "CONNECT_TIMEOUT",
+    "STATEMENT_TIMEOUT",
+    "TCP_KEEPALIVE",
 )
 
 
@@ -126,6 +132,32 @@ def _check_queues(queues: object) -> list[Error | Warning]:
 
 
 @register()
+def check_optional_packages(app_configs: Any, **kwargs: Any) -> list[Error]:
+    """A setting that turns on an optional feature has its package installed."""
+    relay = getattr(django_settings, "RELAY", {})
+    if not isinstance(relay, dict):
+        return []
+    errors = []
+    for key, module, package, extra, check_id in (
+        ("METRICS", "prometheus_client", "prometheus-client", "prometheus", "E009"),
+        ("TRACING", "opentelemetry.trace", "opentelemetry-api", "otel", "E010"),
+    ):
+        if not relay.get(key):
+            continue
+        try:
+            import_module(module)
+        except ImportError:
+            errors.append(
+                Error(
+                    f"RELAY[{key!r}] is on, but {package} is not installed.",
+                    hint=f"pip install 'django-relay[{extra}]'",
+                    id=f"django_relay.{check_id}",
+                )
+            )
+    return errors
+
+
+@register()
 def check_channel_layer(app_configs: Any, **kwargs: Any) -> list[Error]:
     """The layer job events go to exists and can be loaded (when events are on)."""
     relay = getattr(django_settings, "RELAY", {})
@@ -175,7 +207,7 @@ def check_periodic(app_configs: Any, **kwargs: Any) -> list[Error]:
                 str(exc),
                 hint="Each entry: {'cron': '*/5 * * * *', 'worker': 'app.workers.Name', "
                 "'args': {...}, 'options': {...}, 'timezone': 'Europe/Paris', 'name': ...}.",
-                id="django_relay.E009",
+                id="django_relay.E011",
             )
         ]
     return []

@@ -32,15 +32,30 @@ DEFAULTS: dict[str, Any] = {
     # Runner: heartbeat period, and how long without one before its jobs are rescued.
     "HEARTBEAT_INTERVAL": 5.0,
     "RESCUE_AFTER": 60.0,
+    # Runner: warn when its event loop was blocked this long (a job calling blocking
+    # code from an async process; the heartbeat has its own thread, so no rescue).
+    "LOOP_BLOCKED_WARNING": 1.0,
     # Runner: on SIGTERM/SIGINT, how long running jobs get to finish.
     "GRACE_PERIOD": 15.0,
     # Finished jobs older than this many seconds are deleted. None: keep them.
     "PRUNE_AFTER": 7 * 24 * 3600.0,
-    # Listener: seconds between health pings of the LISTEN connection.
+    # Listener: seconds between health pings of the LISTEN connection, and how long
+    # a ping may go unanswered before the connection is replaced.
     "LISTENER_PING_INTERVAL": 10.0,
+    "LISTENER_PING_TIMEOUT": 5.0,
+    # Deadlines of django_relay's own connections (runner, listener, relay inserts):
+    # connecting, each statement (on the client side), and TCP keepalive idle time
+    # (a dead peer is detected within about twice this).
+    "CONNECT_TIMEOUT": 10.0,
+    "STATEMENT_TIMEOUT": 30.0,
+    "TCP_KEEPALIVE": 10.0,
     # Publish job events to the Channels layer (if CHANNEL_LAYERS is configured).
     "CHANNEL_LAYER": "default",
     "PUBLISH_EVENTS": True,
+    # Count jobs for Prometheus in this process (needs the ``prometheus`` extra).
+    "METRICS": False,
+    # Trace enqueue -> process with OpenTelemetry (needs the ``otel`` extra).
+    "TRACING": False,
     # Periodic jobs: a list of {"cron", "worker", "args", "options", "timezone", "name"}.
     "PERIODIC": [],
 }

@@ -17,7 +17,7 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 from django.utils import timezone
 
-from django_relay import codec, queries, signals
+from django_relay import codec, queries, signals, tracing
 from django_relay.conf import settings
 from django_relay.exceptions import EncodeError
 from django_relay.models import Job
@@ -173,10 +173,11 @@ def enqueue_many(jobs: Iterable[Job] | Any) -> list[Job]:
     if len({id(job) for job in jobs}) != len(jobs):
         # It would be inserted twice, and keep only the last row's id.
         raise ValueError("enqueue_many was given the same Job instance twice")
-    rows = [encode(job) for job in jobs]
-    with connections[settings.DATABASE_ALIAS].cursor() as cursor:
-        returned = queries.insert_jobs(cursor, rows)
-    mark_saved(jobs, returned)
+    with tracing.producing(jobs):  # writes each job's trace context into its meta
+        rows = [encode(job) for job in jobs]
+        with connections[settings.DATABASE_ALIAS].cursor() as cursor:
+            returned = queries.insert_jobs(cursor, rows)
+        mark_saved(jobs, returned)
     if signals.job_enqueued.receivers:
         for job in jobs:
             if not job.conflict:  # a duplicate: nothing was enqueued

@@ -22,11 +22,21 @@ class WorkerError(RelayError):
 class RelayTimeout(RelayError, TimeoutError):
     """The job did not finish within the timeout; it keeps running.
 
-    Re-attach later with ``await_result(exc.job_id)``.
+    Re-attach later with ``await_result(exc.job_id)``. ``job_id`` is None when
+    ``relay()`` could not even confirm its job's insert within the timeout (the
+    database did not answer): that job is then not run (cancelled if its insert
+    landed after all, unless a runner started it first or the process exited).
     """
 
-    def __init__(self, job_id: int, timeout: float) -> None:
-        super().__init__(f"job {job_id} did not finish within {timeout:g}s (it keeps running)")
+    def __init__(self, job_id: int | None, timeout: float) -> None:
+        if job_id is None:
+            message = (
+                f"relay() could not confirm its job's insert within {timeout:g}s (the "
+                "database did not answer); it is cancelled if the insert landed after all"
+            )
+        else:
+            message = f"job {job_id} did not finish within {timeout:g}s (it keeps running)"
+        super().__init__(message)
         self.job_id = job_id
         self.timeout = timeout
 

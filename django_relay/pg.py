@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg.errors
 from django.db import connections
+from psycopg.conninfo import conninfo_to_dict
 
 from django_relay.conf import settings
 
@@ -23,6 +24,10 @@ R = TypeVar("R")
 
 # Django sets these for its own cursors; our connections use psycopg's defaults.
 _DJANGO_ONLY = ("cursor_factory", "context", "prepare_threshold")
+
+
+#: What a failed connection raises: psycopg's error, or our deadline passing.
+CONNECTION_ERRORS = (psycopg.OperationalError, TimeoutError)
 
 
 def connect_kwargs() -> dict[str, Any]:
@@ -36,11 +41,49 @@ def connect_kwargs() -> dict[str, Any]:
     return params
 
 
+def deadline_params() -> dict[str, Any]:
+    """libpq parameters that bound a connection's waits (``RELAY`` settings).
+
+    All client-side, so they also pass through a pooler: a connect timeout, and
+    TCP keepalives with a user timeout, so a peer that vanished (a half-open socket
+    after a failover or a network cut) is detected by the kernel instead of waited
+    on for ever.
+    """
+    idle = settings.TCP_KEEPALIVE
+    return {
+        "connect_timeout": max(int(settings.CONNECT_TIMEOUT + 0.5), 2),  # libpq: >= 2
+        "keepalives": 1,
+        "keepalives_idle": max(int(idle), 1),
+        "keepalives_interval": max(int(idle / 3), 1),
+        "keepalives_count": 3,
+        "tcp_user_timeout": int(idle * 2 * 1000),
+    }
+
+
 async def connect(*, listen: bool = False) -> psycopg.AsyncConnection:
-    """Open an autocommit connection (for LISTEN, ``RELAY["LISTEN_DSN"]`` if set)."""
+    """Open an autocommit connection (for LISTEN, ``RELAY["LISTEN_DSN"]`` if set).
+
+    Parameters the DSN or ``DATABASES`` set themselves win over our deadlines.
+    """
     if listen and settings.LISTEN_DSN:
-        return await psycopg.AsyncConnection.connect(settings.LISTEN_DSN, autocommit=True)
-    return await psycopg.AsyncConnection.connect(**connect_kwargs(), autocommit=True)
+        dsn = settings.LISTEN_DSN
+        given = conninfo_to_dict(dsn)
+    else:
+        dsn, given = "", connect_kwargs()
+    params = {**deadline_params(), **given}
+    return await psycopg.AsyncConnection.connect(dsn, **params, autocommit=True)
+
+
+async def within_deadline[T](awaitable: Awaitable[T]) -> T:
+    """``await awaitable``, or raise ``TimeoutError`` after ``RELAY["STATEMENT_TIMEOUT"]``.
+
+    On its own connections django_relay bounds each statement on the client: a
+    server-side ``statement_timeout`` cannot fire when the server (or the route to
+    it) stopped answering, and poolers refuse it as a startup parameter.
+    """
+    # A timeout scope, not wait_for(): that would wrap every statement in a task.
+    async with asyncio.timeout(settings.STATEMENT_TIMEOUT):
+        return await awaitable
 
 
 class Link:
@@ -66,19 +109,23 @@ class Link:
                 async with self._lock:
                     if self._conn is None or self._conn.closed:
                         self._conn = await connect()
-                    return await fn(self._conn)
+                    return await within_deadline(fn(self._conn))
             except psycopg.errors.TransactionRollback as exc:
                 # A deadlock or serialization failure rolled the statement back;
                 # the connection is fine: run it again.
                 logger.info("%s: %s; retrying", self.name, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
-            except psycopg.OperationalError as exc:
+            except CONNECTION_ERRORS as exc:
+                # Past the deadline the connection is in an unknown state: replace it.
                 if not retry:
                     await self._discard()
                     raise
                 logger.warning(
-                    "%s connection failed (%s); retrying in %.2fs", self.name, exc, delay
+                    "%s connection failed (%s); retrying in %.2fs",
+                    self.name,
+                    exc or "no answer within RELAY['STATEMENT_TIMEOUT']",
+                    delay,
                 )
                 await self._discard()
                 await asyncio.sleep(delay)

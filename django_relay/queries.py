@@ -41,12 +41,12 @@ QUEUE_CHANNEL = "relay_queue"
 
 # -- enqueue (Django's connection, inside the caller's transaction) -----------
 
-INSERT_JOBS = """
-INSERT INTO django_relay_job (worker, queue, state, args, meta, result, errors, attempt,
+_INSERT_JOBS = """
+INSERT INTO django_relay_job ({id_column}worker, queue, state, args, meta, result, errors, attempt,
                               max_attempts, priority, scheduled_at, inserted_at, signal_count,
                               workflow_id, step, deps, ignore_cancelled, ignore_discarded,
                               unique_key, unique_states)
-SELECT r.worker, r.queue,
+SELECT {id_value}r.worker, r.queue,
        coalesce(r.state, CASE WHEN r.scheduled_at > now() THEN 'scheduled' ELSE 'available' END),
        r.args::jsonb, r.meta::jsonb, NULL, '[]'::jsonb, 0,
        r.max_attempts, r.priority, coalesce(r.scheduled_at, now()), now(), 0,
@@ -55,32 +55,61 @@ SELECT r.worker, r.queue,
        r.unique_key, r.unique_states::jsonb
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::int[],
             %s::timestamptz[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::bool[],
-            %s::bool[], %s::text[], %s::text[])
+            %s::bool[], %s::text[], %s::text[], %s::bigint[])
      WITH ORDINALITY AS r(worker, queue, args, meta, max_attempts, priority, scheduled_at,
                           state, workflow_id, step, deps, ignore_cancelled, ignore_discarded,
-                          unique_key, unique_states, ord)
+                          unique_key, unique_states, id, ord)
 ORDER BY r.ord
+{on_conflict}
+RETURNING id, state, scheduled_at, inserted_at, false AS conflict
+"""
+INSERT_JOBS = _INSERT_JOBS.format(id_column="", id_value="", on_conflict="")
+#: relay()'s insert: ids reserved beforehand (RESERVE_JOB_IDS), so a try sent again
+#: after a lost reply finds the row that landed instead of inserting it twice.
+INSERT_RESERVED_JOBS = _INSERT_JOBS.format(
+    id_column="id, ", id_value="r.id, ", on_conflict="ON CONFLICT (id) DO NOTHING"
+)
+
+RESERVE_JOB_IDS = """
+SELECT nextval(pg_get_serial_sequence('django_relay_job', 'id')) FROM generate_series(1, %s)
 """
 
-_RETURNING = "RETURNING id, state, scheduled_at, inserted_at, false AS conflict"
+#: The rows of reserved ids that an earlier try of the insert already landed.
+RESERVED_JOBS = """
+SELECT id, state, scheduled_at, inserted_at, false FROM django_relay_job
+WHERE id = ANY(%s::bigint[])
+"""
 
 # One unique job: inserted, or (on a conflict) the existing job it duplicates. The
 # fallback SELECT runs on the statement's snapshot, so it misses a duplicate that
 # committed while the INSERT waited for it: then nothing is returned and the caller
 # runs the statement again (a new snapshot). The key also comes back empty when
-# the duplicate left its unique states meanwhile: then the insert succeeds.
-INSERT_UNIQUE = f"""
-WITH ins AS (
-    {INSERT_JOBS}
-    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
-    {_RETURNING}
-)
+# the duplicate left its unique states meanwhile: then the insert succeeds. With a
+# reserved id (relay), a row with that id is this job's own earlier try: not a
+# conflict, and preferred over the key's row.
+_INSERT_UNIQUE = """
+WITH ins AS ({insert})
 SELECT * FROM ins
 UNION ALL
-SELECT id, state, scheduled_at, inserted_at, true FROM django_relay_job
-WHERE unique_key = %s AND NOT EXISTS (SELECT 1 FROM ins)
+(SELECT id, state, scheduled_at, inserted_at, id IS DISTINCT FROM %s::bigint
+ FROM django_relay_job
+ WHERE (unique_key = %s OR id = %s::bigint) AND NOT EXISTS (SELECT 1 FROM ins)
+ ORDER BY id = %s::bigint DESC
+ LIMIT 1)
 """
-INSERT_JOBS += _RETURNING
+INSERT_UNIQUE = _INSERT_UNIQUE.format(
+    insert=_INSERT_JOBS.format(
+        id_column="",
+        id_value="",
+        on_conflict="ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
+    )
+)
+# Either conflict (the id, the key) means "do not insert": no arbiter named.
+INSERT_RESERVED_UNIQUE = _INSERT_UNIQUE.format(
+    insert=_INSERT_JOBS.format(
+        id_column="id, ", id_value="r.id, ", on_conflict="ON CONFLICT DO NOTHING"
+    )
+)
 _UNIQUE_TRIES = 20
 
 
@@ -103,34 +132,29 @@ class NewJob:
     ignore_discarded: bool = False
     unique_key: str | None = None
     unique_states: str | None = None  # encoded JSON list
+    #: Reserved beforehand (relay's inserts); None: the next id of the sequence.
+    id: int | None = None
 
 
 def _insert_params(jobs: Sequence[NewJob]) -> list[list[Any]]:
     return [[getattr(job, name) for job in jobs] for name in NewJob.__dataclass_fields__]
 
 
-def _insert_statements(jobs: Sequence[NewJob]) -> list[tuple[str, list[Any]]]:
-    # Jobs that are not unique go in one statement (the common, fast path); a batch
-    # with unique jobs goes one job per statement, in order, so that a duplicate
-    # inside the batch finds the job inserted before it.
-    if not any(job.unique_key for job in jobs):
-        return [(INSERT_JOBS, _insert_params(jobs))]
-    return [(INSERT_UNIQUE, [*_insert_params([job]), job.unique_key]) for job in jobs]
-
-
 def _inserting(
-    jobs: Sequence[NewJob],
+    jobs: Sequence[NewJob], unique: str
 ) -> Generator[tuple[str, list[Any]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    # The statements to run, each sent back what it returned: one body for the
-    # sync and the async driver below.
+    # Unique jobs go one per statement, in order, so that a duplicate inside the
+    # batch finds the job inserted before it; each statement is sent back what it
+    # returned (one body for the sync and the async driver).
     rows: list[tuple[Any, ...]] = []
-    for statement, params in _insert_statements(jobs):
+    for job in jobs:
+        params = [*_insert_params([job]), job.id, job.unique_key, job.id, job.id]
         for _ in range(_UNIQUE_TRIES):
-            returned = yield statement, params
+            returned = yield unique, params
             if returned:
                 break
         else:
-            raise RuntimeError(f"could not insert or find the unique job {params[-1]}")
+            raise RuntimeError(f"could not insert or find the unique job {job.unique_key}")
         rows.extend(returned)
     return rows
 
@@ -139,9 +163,12 @@ def insert_jobs(cursor: Any, jobs: Sequence[NewJob]) -> list[tuple[Any, ...]]:
     """Insert ``jobs``; return ``(id, state, scheduled_at, inserted_at, conflict)`` of each.
 
     A unique job whose duplicate exists is not inserted: its row is the existing
-    job's, with ``conflict`` true.
+    job's, with ``conflict`` true. Jobs that are not unique go in one statement.
     """
-    steps, returned = _inserting(jobs), None
+    if not any(job.unique_key for job in jobs):
+        cursor.execute(INSERT_JOBS, _insert_params(jobs))
+        return list(cursor.fetchall())
+    steps, returned = _inserting(jobs, INSERT_UNIQUE), None
     try:
         while True:
             statement, params = steps.send(returned)  # type: ignore[arg-type]
@@ -151,17 +178,42 @@ def insert_jobs(cursor: Any, jobs: Sequence[NewJob]) -> list[tuple[Any, ...]]:
         return done.value
 
 
-async def ainsert_jobs(conn: AsyncConnection, jobs: Sequence[NewJob]) -> list[tuple[Any, ...]]:
-    """See insert_jobs(); on an async connection, in autocommit (relay's own inserts)."""
-    steps, returned = _inserting(jobs), None
+async def reserve_job_ids(conn: AsyncConnection, count: int) -> list[int]:
+    """Take ``count`` job ids from the table's sequence, for :func:`ainsert_reserved_jobs`."""
     async with conn.cursor() as cur:
-        try:
-            while True:
-                statement, params = steps.send(returned)  # type: ignore[arg-type]
-                await cur.execute(statement, params)
-                returned = await cur.fetchall()
-        except StopIteration as done:
-            return done.value
+        await cur.execute(RESERVE_JOB_IDS, (count,))
+        return [row[0] for row in await cur.fetchall()]
+
+
+async def ainsert_reserved_jobs(
+    conn: AsyncConnection, jobs: Sequence[NewJob]
+) -> list[tuple[Any, ...]]:
+    """Insert ``jobs``, each with a reserved ``id``, in autocommit (relay's own inserts).
+
+    Safe to repeat: a job whose id is already in the table (an earlier try landed
+    and its reply was lost) is not inserted again, and the row returned for it is
+    the one that landed. Rows come back in the order of ``jobs``; a unique job's
+    duplicate is returned as for :func:`insert_jobs`.
+    """
+    async with conn.cursor() as cur:
+        if any(job.unique_key for job in jobs):
+            steps, returned = _inserting(jobs, INSERT_RESERVED_UNIQUE), None
+            try:
+                while True:
+                    statement, params = steps.send(returned)  # type: ignore[arg-type]
+                    await cur.execute(statement, params)
+                    returned = await cur.fetchall()
+            except StopIteration as done:
+                return done.value
+        await cur.execute(INSERT_RESERVED_JOBS, _insert_params(jobs))
+        rows = await cur.fetchall()
+        if len(rows) < len(jobs):
+            # A new statement, so a new snapshot: it sees the rows that conflicted.
+            inserted = {row[0] for row in rows}
+            await cur.execute(RESERVED_JOBS, ([j.id for j in jobs if j.id not in inserted],))
+            rows += await cur.fetchall()
+    by_id = {row[0]: row for row in rows}
+    return [by_id[job.id] for job in jobs]
 
 
 # -- the runner's hot path ----------------------------------------------------
@@ -491,7 +543,8 @@ UPDATE django_relay_job AS j SET
     finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
     errors = j.errors || jsonb_build_array(jsonb_build_object(
         'attempt', j.attempt, 'at', now(), 'kind', 'rescued',
-        'error', 'rescued: runner ' || coalesce(j.attempted_by, '?') || ' stopped heartbeating'))
+        'error', 'rescued: runner ' || coalesce(j.attempted_by, '?') || ' stopped heartbeating',
+        'node', j.attempted_by, 'started', j.attempted_at))
 FROM orphans WHERE j.id = orphans.id
 RETURNING j.id, j.state
 """
@@ -810,6 +863,113 @@ def retry_jobs(cursor: Any, job_ids: Sequence[int]) -> list[int]:
     cursor.execute(LOCK_RETRIED_RUNS, (list(job_ids),))
     cursor.execute(RETRY_JOBS, (list(job_ids),))
     return [row[0] for row in cursor.fetchall()]
+
+
+# -- observability: cheap reads (health checks, metrics) ---------------------------
+
+RUNNER_HEARTBEATS = """
+SELECT id, extract(epoch FROM now() - heartbeat_at)::float8 FROM django_relay_node
+WHERE id = %s OR starts_with(id, %s || ':')
+ORDER BY heartbeat_at DESC
+"""
+
+
+def runner_heartbeats(cursor: Any, node: str) -> list[tuple[str, float]]:
+    """``(node_id, seconds_since_heartbeat)`` of the runners ``node`` names, freshest first.
+
+    ``node`` is a node id (``host:pid:suffix``) or a leading part of one ending at a
+    colon (``host`` or ``host:pid``); ages come from the database's clock.
+    """
+    cursor.execute(RUNNER_HEARTBEATS, (node, node))
+    return [(row[0], float(row[1])) for row in cursor.fetchall()]
+
+
+# One statement, each arm on a partial index (fetch, executing, stage): its cost
+# follows the unfinished jobs, never the finished ones, however many are kept.
+UNFINISHED_COUNTS = """
+SELECT queue, 'available', count(*) FROM django_relay_job
+WHERE state = 'available' GROUP BY queue
+UNION ALL
+SELECT queue, 'executing', count(*) FROM django_relay_job
+WHERE state = 'executing' GROUP BY queue
+UNION ALL
+SELECT queue, CASE WHEN state = 'scheduled' AND meta ? 'signal_wait'
+                   THEN 'waiting_for_signal' ELSE state END, count(*)
+FROM django_relay_job WHERE state IN ('scheduled', 'retryable') GROUP BY 1, 2
+UNION ALL
+SELECT NULL, 'runners', count(*) FROM django_relay_node
+WHERE heartbeat_at > now() - %s * interval '1 second'
+"""
+
+
+def unfinished_counts(cursor: Any, fresh_within: float) -> list[tuple[str | None, str, int]]:
+    """``(queue, what, count)`` of unfinished jobs, and the runners that are alive.
+
+    ``what`` is ``available``, ``executing``, ``scheduled``, ``retryable`` or
+    ``waiting_for_signal`` (scheduled jobs waiting in ``await_signal``, not counted
+    as ``scheduled``); one more row, ``(None, "runners", n)``, counts the runners
+    that heartbeat within ``fresh_within`` seconds.
+    """
+    cursor.execute(UNFINISHED_COUNTS, (fresh_within,))
+    return [(row[0], row[1], int(row[2])) for row in cursor.fetchall()]
+
+
+# The most recent finished jobs, newest first on the prune index (finished_at, for
+# terminal states), at most ``cap`` of them: the cost is bounded whatever the table
+# size or the throughput. One scan feeds three groupings: the chart's buckets, the
+# workers, and a total that says whether the cap cut the window short.
+FINISHED_RECENT = f"""
+WITH recent AS (
+    SELECT finished_at, attempted_at, queue, state, worker FROM django_relay_job
+    WHERE state IN {TERMINAL} AND finished_at > now() - %(window)s * interval '1 second'
+    ORDER BY finished_at DESC LIMIT %(cap)s
+)
+SELECT CASE WHEN GROUPING(worker) = 0 THEN 'worker'
+            WHEN GROUPING(bucket) = 0 THEN 'bucket' ELSE 'total' END,
+       bucket, queue, state, worker, count(*), count(*) FILTER (WHERE state = 'discarded'),
+       avg(extract(epoch FROM finished_at - attempted_at))::float8,
+       max(extract(epoch FROM finished_at - attempted_at))::float8,
+       extract(epoch FROM min(finished_at))::float8
+FROM (SELECT *, floor(extract(epoch FROM finished_at) / %(bucket)s)::bigint * %(bucket)s
+                AS bucket FROM recent) AS r
+GROUP BY GROUPING SETS ((bucket, queue, state), (worker), ())
+"""
+
+RETRYABLE_BY_WORKER = """
+SELECT worker, count(*) FROM django_relay_job WHERE state = 'retryable' GROUP BY worker
+"""
+
+RUNNERS = """
+SELECT n.id, n.hostname, n.queues::text, n.started_at,
+       extract(epoch FROM now() - n.heartbeat_at)::float8,
+       (SELECT count(*) FROM django_relay_job AS j
+        WHERE j.state = 'executing' AND j.attempted_by = n.id)
+FROM django_relay_node AS n ORDER BY n.started_at, n.id
+"""
+
+
+def finished_recent(cursor: Any, window: float, bucket: int, cap: int) -> list[tuple]:
+    """Up to ``cap`` jobs finished in the last ``window`` seconds, grouped three ways.
+
+    Rows are ``(kind, bucket, queue, state, worker, count, discarded, avg_s, max_s,
+    oldest)``: ``kind`` ``"bucket"`` (per ``bucket``-second interval, queue and
+    state), ``"worker"`` (with durations from attempt to finish), or ``"total"``
+    (``oldest`` is the epoch of the oldest job read; ``count == cap`` means capped).
+    """
+    cursor.execute(FINISHED_RECENT, {"window": window, "bucket": bucket, "cap": cap})
+    return list(cursor.fetchall())
+
+
+def retryable_by_worker(cursor: Any) -> list[tuple[str, int]]:
+    """``(worker, count)`` of the jobs waiting to be retried."""
+    cursor.execute(RETRYABLE_BY_WORKER)
+    return [(row[0], int(row[1])) for row in cursor.fetchall()]
+
+
+def runners(cursor: Any) -> list[tuple]:
+    """``(id, hostname, queues_json, started_at, heartbeat_age_s, executing)`` per runner."""
+    cursor.execute(RUNNERS)
+    return list(cursor.fetchall())
 
 
 # -- queues (their run-time settings) ------------------------------------------------

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import AsyncToSync, async_to_sync, sync_to_async
 from django.db import connections
 
-from django_relay import signals
+from django_relay import signals, tracing
 from django_relay.conf import settings
 from django_relay.enqueue import encode, mark_saved, new
 from django_relay.exceptions import (
@@ -25,6 +25,12 @@ from django_relay.exceptions import (
 from django_relay.listener.waiters import Outcome, Registry, Waiter, get_registry, listening
 from django_relay.models import Job
 from django_relay.registry import lookup
+
+if TYPE_CHECKING:
+    from django.tasks import TaskResult
+
+    #: What the waits accept: a job, its id, or a RelayBackend task's result.
+    Waitable = Job | int | TaskResult[Any, Any]
 
 logger = logging.getLogger("django_relay")
 
@@ -51,9 +57,13 @@ async def _outcomes(
             await asyncio.wait([w.future for w in waiters], timeout=timeout)
         return [w.future.result() if w.future.done() else None for w in waiters]
     finally:
-        for waiter in waiters:
-            waiter.active = False
-            registry.notifier.call_soon(registry.remove, waiter)
+        _forget(registry, waiters)
+
+
+def _forget(registry: Registry, waiters: list[Waiter]) -> None:
+    for waiter in waiters:
+        waiter.active = False
+        registry.notifier.call_soon(registry.remove, waiter)
 
 
 def ensure_not_in_transaction(action: str) -> None:
@@ -82,7 +92,21 @@ async def _refuse_open_transaction(action: str) -> None:
         await sync_to_async(ensure_not_in_transaction)(action)
 
 
-def _job_id(job_or_id: Job | int) -> int:
+#: Other kinds of handle a wait accepts, with how to read their job id. The Django
+#: Tasks backend (django_relay.tasks) adds TaskResult when it is imported, which
+#: it is before any of its results exists.
+_JOB_ID_OF: dict[type, Callable[[Any], int]] = {}
+
+
+def accept_handle(kind: type, job_id: Callable[[Any], int]) -> None:
+    """Let the waits take a ``kind`` of handle, whose job id ``job_id(handle)`` gives."""
+    _JOB_ID_OF[kind] = job_id
+
+
+def _job_id(job_or_id: Waitable) -> int:
+    for kind, job_id in _JOB_ID_OF.items():
+        if isinstance(job_or_id, kind):
+            return job_id(job_or_id)
     if isinstance(job_or_id, Job):
         if job_or_id.pk is None:
             raise RelayError("this job was never enqueued: it has no id")
@@ -101,7 +125,7 @@ def _defaults(timeout: float | None, poll_interval: float | None) -> tuple[float
 
 
 async def await_result(
-    job_or_id: Job | int,
+    job_or_id: Waitable,
     timeout: float | None = None,
     poll_interval: float | None = None,
     with_retries: bool = False,
@@ -109,7 +133,8 @@ async def await_result(
     """Wait for an enqueued job and return its result.
 
     Args:
-        job_or_id: The job, or its id.
+        job_or_id: The job, its id, or the ``TaskResult`` of a Django task run by
+            ``django_relay.tasks.RelayBackend``.
         timeout: Seconds to wait (default ``RELAY["DEFAULT_TIMEOUT"]``, 30).
         poll_interval: Backup poll period, for a lost notification (default 0.5).
         with_retries: Wait through retries for the final outcome.
@@ -133,7 +158,7 @@ async def await_result(
 
 
 async def await_many(
-    jobs_or_ids: Iterable[Job | int],
+    jobs_or_ids: Iterable[Waitable],
     timeout: float | None = 5.0,
     poll_interval: float | None = None,
     with_retries: bool = False,
@@ -172,6 +197,7 @@ async def relay_job(
     poll_interval: float | None = None,
     with_retries: bool = False,
     cancel_on_timeout: bool = False,
+    on_enqueued: Callable[[Job], Awaitable[object]] | None = None,
 ) -> Any:
     """Enqueue ``job`` and wait for its result (``Worker.relay`` calls this).
 
@@ -180,26 +206,75 @@ async def relay_job(
     could not succeed, and is refused), and its waiter is registered before the
     job can be seen as finished.
 
+    The job's id is reserved before its insert, so the listener sends the insert
+    again after a connection failure without ever inserting it twice. If
+    the insert cannot be confirmed within ``timeout``, ``RelayTimeout`` is raised
+    with ``job_id`` None, and the job is not run (cancelled if it landed, unless a
+    runner already started it).
+
     With ``cancel_on_timeout``, a job that has not started when the caller gives
-    up (timeout, or the awaiting task is cancelled) is cancelled.
+    up (timeout, or the awaiting task is cancelled) is cancelled. ``on_enqueued``
+    is awaited once the job is inserted (Django's ``task_enqueued`` for tasks).
     """
+    # One span for the round trip: the job's send and process spans are its children.
+    with tracing.waiting(f"relay {job.queue}", job):
+        return await _relay_job(
+            job,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            with_retries=with_retries,
+            cancel_on_timeout=cancel_on_timeout,
+            on_enqueued=on_enqueued,
+        )
+
+
+async def _relay_job(
+    job: Job,
+    *,
+    timeout: float | None,
+    poll_interval: float | None,
+    with_retries: bool,
+    cancel_on_timeout: bool,
+    on_enqueued: Callable[[Job], Awaitable[object]] | None,
+) -> Any:
     timeout, poll_interval = _defaults(timeout, poll_interval)
-    deadline = asyncio.get_running_loop().time() + timeout
+    called = asyncio.get_running_loop().time()
+    deadline = called + timeout
     await _refuse_open_transaction("relay()")
-    row = encode(job)
-    registry = get_registry()
-    await listening(registry, timeout)
-    waiter = Waiter(0, with_retries=with_retries, poll_interval=poll_interval)
-    inserted: asyncio.Future[tuple[Any, ...]] = waiter.loop.create_future()
-    registry.notifier.call_soon(registry.enqueue, row, waiter, inserted)
+    with tracing.producing([job]):  # writes the job's trace context into its meta
+        row = encode(job)
+        registry = get_registry()
+        await listening(registry, timeout)
+        waiter = Waiter(0, with_retries=with_retries, poll_interval=poll_interval)
+        inserted: asyncio.Future[tuple[Any, ...]] = waiter.loop.create_future()
+        registry.notifier.call_soon(registry.enqueue, row, waiter, inserted)
+        try:
+            saved = await asyncio.wait_for(inserted, max(deadline - waiter.loop.time(), 0.0))
+        except BaseException as exc:
+            # Gave up before learning the job's id: nobody could wait for it.
+            waiter.active = False
+            registry.notifier.call_soon(registry.abandon, waiter)
+            if isinstance(exc, TimeoutError):
+                raise RelayTimeout(None, timeout) from None
+            raise
+        mark_saved([job], [saved])
     try:
-        mark_saved([job], [await inserted])
-        if signals.job_enqueued.receivers and not job.conflict:
-            await signals.job_enqueued.asend(sender=lookup(job.worker), job=job)
+        try:
+            # A duplicate of a unique job enqueued nothing: say nothing.
+            if signals.job_enqueued.receivers and not job.conflict:
+                await signals.job_enqueued.asend(sender=lookup(job.worker), job=job)
+            if on_enqueued is not None and not job.conflict:
+                await on_enqueued(job)
+        except BaseException:
+            _forget(registry, [waiter])  # cancelled, or a receiver raised
+            raise
         remaining = max(deadline - waiter.loop.time(), 0.0)
         [outcome] = await _outcomes(registry, [waiter], remaining)
+        if signals.job_relayed.receivers:
+            await signals.job_relayed.asend(
+                sender=lookup(job.worker), job=job, duration=waiter.loop.time() - called
+            )
     except asyncio.CancelledError:
-        waiter.active = False
         if cancel_on_timeout and job.pk is not None:
             _give_up(job.pk, "the relay was cancelled")
         raise
@@ -240,11 +315,11 @@ def relay_new_sync(klass: type, args: Mapping[str, Any] | None = None, **kwargs:
     return async_to_sync(relay_new)(klass, args, **kwargs)
 
 
-def await_result_sync(job_or_id: Job | int, **kwargs: Any) -> Any:
+def await_result_sync(job_or_id: Waitable, **kwargs: Any) -> Any:
     """See await_result()."""
     return async_to_sync(await_result)(job_or_id, **kwargs)
 
 
-def await_many_sync(jobs_or_ids: Iterable[Job | int], **kwargs: Any) -> list[Any]:
+def await_many_sync(jobs_or_ids: Iterable[Waitable], **kwargs: Any) -> list[Any]:
     """See await_many()."""
     return async_to_sync(await_many)(jobs_or_ids, **kwargs)

@@ -24,7 +24,7 @@ from typing import Any
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import connections
 
-from django_relay import codec, queries, signals
+from django_relay import codec, queries, signals, tracing
 from django_relay.conf import settings
 from django_relay.context import attempt_deadline, current_job
 from django_relay.exceptions import SignalTimeout
@@ -102,34 +102,36 @@ async def await_signal(
         if payload == job_id:
             loop.call_soon_threadsafe(woken.set)
 
-    unlisten = get_notifier().listen(queries.SIGNAL_CHANNEL, on_signal)
-    try:
-        live_until = loop.time() + wait_timeout
-        attempt_ends = attempt_deadline.get()
-        if attempt_ends is not None:
-            # Snooze before the worker's timeout fails the attempt, leaving the
-            # snooze's own round trip its share of the time.
-            margin = min(1.0, 0.2 * (attempt_ends - time.monotonic()))
-            live_until = min(live_until, loop.time() + attempt_ends - time.monotonic() - margin)
-        while True:  # subscribed above, so a signal committed from here on wakes us
-            now, count, found, payload = await sync_to_async(_next_signal)(job, n)
-            if found:
-                job._relay_signals_awaited = n  # type: ignore[attr-defined]
-                job.meta.pop("signal_wait", None)
-                return payload
-            deadline = wait.get("deadline")
-            if deadline is not None and dt.datetime.fromisoformat(deadline) <= now:
-                raise SignalTimeout(
-                    f"job {job.id}: no signal within the wait_for deadline ({deadline})"
-                )
-            remaining = live_until - loop.time()
-            if remaining <= 0:
-                break
-            woken.clear()
-            with contextlib.suppress(TimeoutError):  # a NOTIFY, or the backup poll
-                await asyncio.wait_for(woken.wait(), min(remaining, settings.POLL_INTERVAL))
-    finally:
-        unlisten()
+    # The live wait is a span; a snooze shows as the gap before the next attempt.
+    with tracing.waiting("await_signal", job):
+        unlisten = get_notifier().listen(queries.SIGNAL_CHANNEL, on_signal)
+        try:
+            live_until = loop.time() + wait_timeout
+            attempt_ends = attempt_deadline.get()
+            if attempt_ends is not None:
+                # Snooze before the worker's timeout fails the attempt, leaving the
+                # snooze's own round trip its share of the time.
+                margin = min(1.0, 0.2 * (attempt_ends - time.monotonic()))
+                live_until = min(live_until, loop.time() + attempt_ends - time.monotonic() - margin)
+            while True:  # subscribed above, so a signal committed from here on wakes us
+                now, count, found, payload = await sync_to_async(_next_signal)(job, n)
+                if found:
+                    job._relay_signals_awaited = n  # type: ignore[attr-defined]
+                    job.meta.pop("signal_wait", None)
+                    return payload
+                deadline = wait.get("deadline")
+                if deadline is not None and dt.datetime.fromisoformat(deadline) <= now:
+                    raise SignalTimeout(
+                        f"job {job.id}: no signal within the wait_for deadline ({deadline})"
+                    )
+                remaining = live_until - loop.time()
+                if remaining <= 0:
+                    break
+                woken.clear()
+                with contextlib.suppress(TimeoutError):  # a NOTIFY, or the backup poll
+                    await asyncio.wait_for(woken.wait(), min(remaining, settings.POLL_INTERVAL))
+        finally:
+            unlisten()
     if not wait:
         until = None if total is None else now + dt.timedelta(seconds=total)
         wait = {

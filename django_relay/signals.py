@@ -3,7 +3,9 @@
 Each is sent with ``sender`` the worker class and ``job`` the
 :class:`~django_relay.models.Job`. Runner-side signals are sent with
 ``asend``, so async receivers run on the runner's loop and sync receivers run
-in a thread.
+in a thread. The outcome signals (completed, failed, discarded, cancelled,
+snoozed) also carry ``duration`` when the runner sends them for an attempt:
+seconds from the start of the attempt until its outcome was persisted.
 """
 
 from django.dispatch import Signal
@@ -24,3 +26,6 @@ job_cancelled = Signal()
 job_snoozed = Signal()
 #: A message was delivered to the job with ``signal()``.
 job_signalled = Signal()
+#: ``relay()`` has the job's outcome, or gave up waiting: sent with ``job`` and
+#: ``duration``, the seconds since the call.
+job_relayed = Signal()

@@ -193,10 +193,7 @@ class Workflow:
 
     def state(self) -> str:
         """``running`` while any step may still run, then ``completed`` or ``failed``."""
-        states = self.states().values()
-        if any(s not in TERMINAL_STATES for s in states):
-            return "running"
-        return "completed" if all(s == JobState.COMPLETED for s in states) else "failed"
+        return run_state(self.states().values())
 
     def signal_sync(self, step_or_steps: str | Sequence[str], payload: Any, **kwargs: Any) -> int:
         """Deliver ``payload`` to steps by name, like :func:`django_relay.signal_sync`."""
@@ -246,6 +243,14 @@ class Workflow:
             lines.append(f'    {ids[name]}["{_mermaid_label(name)}"]')
             lines.extend(f"    {ids[dep]} --> {ids[name]}" for dep in step.deps)
         return "\n".join(lines)
+
+
+def run_state(step_states: Iterable[str]) -> str:
+    """A workflow's state from its steps' states (see :meth:`Workflow.state`)."""
+    states = list(step_states)
+    if any(s not in TERMINAL_STATES for s in states):
+        return "running"
+    return "completed" if all(s == JobState.COMPLETED for s in states) else "failed"
 
 
 def _mermaid_label(text: str) -> str:

@@ -21,7 +21,12 @@ def main() -> None:
     from django.conf import settings
     from django.core.management import execute_from_command_line
     from example_project.dburl import ensure_database
+    from example_project.embedded import EmbeddedDatabaseError
 
+    try:
+        settings.DATABASES  # noqa: B018 - loads the settings, which pick the database
+    except EmbeddedDatabaseError as exc:
+        sys.exit(f"error: {exc}")
     if ensure_database(settings.DATABASES["default"]):
         print(f"Created the database {settings.DATABASES['default']['NAME']!r}.")
 

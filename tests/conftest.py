@@ -68,11 +68,21 @@ async def await_for(
 
 
 class RunnerProcess:
-    """A ``manage.py relayworker`` subprocess whose log lines we can wait for."""
+    """A ``manage.py relayworker`` subprocess whose log lines we can wait for.
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    ``command`` runs another command instead (``name`` says which in failures).
+    """
+
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        command: list[str] | None = None,
+        name: str = "relayworker",
+    ) -> None:
+        self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "django", "relayworker", *args],
+            command or [sys.executable, "-m", "django", "relayworker", *args],
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -96,10 +106,10 @@ class RunnerProcess:
     def wait_for_line(self, text: str, timeout: float = 20.0) -> str:
         def found() -> str | None:
             if self.proc.poll() is not None and not any(text in ln for ln in self.lines):
-                pytest.fail(f"relayworker exited ({self.proc.returncode}):\n{self.output}")
+                pytest.fail(f"{self.name} exited ({self.proc.returncode}):\n{self.output}")
             return next((ln for ln in self.lines if text in ln), None)
 
-        return wait_for(found, timeout, message=f"{text!r} in relayworker output")
+        return wait_for(found, timeout, message=f"{text!r} in {self.name} output")
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -108,9 +118,10 @@ class RunnerProcess:
         self.proc.kill()
         self.proc.wait(10)
 
-    def stop(self, timeout: float = 15.0) -> int:
+    def stop(self, timeout: float = 15.0, signum: int | None = None) -> int:
+        """Stop it with ``signum`` (default SIGTERM), killing it after ``timeout``."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM if signum is None else signum)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -136,6 +147,23 @@ def _stop_listener_before_database_teardown(django_db_setup: None) -> Iterator[N
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(10)
 
 
+def subprocess_env(**relay_settings: Any) -> dict[str, str]:
+    """The environment of a subprocess on the test database (a runner, a web server)."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "RELAY_TEST_DB_NAME": connection.settings_dict["NAME"],
+        "RELAY_TEST_SETTINGS": json.dumps({**FAST, **relay_settings}),
+        "PYTHONPATH": os.pathsep.join(
+            [
+                str(REPO_ROOT),
+                str(REPO_ROOT / "example_project"),
+                os.environ.get("PYTHONPATH", ""),
+            ]
+        ),
+    }
+
+
 @pytest.fixture
 def start_runner(transactional_db: None) -> Iterator[Callable[..., RunnerProcess]]:
     """Start real ``relayworker`` processes on the test database; all stopped at teardown.
@@ -148,19 +176,7 @@ def start_runner(transactional_db: None) -> Iterator[Callable[..., RunnerProcess
     def start(
         queues: str = "default=10", *, extra_args: list[str] | None = None, **relay_settings: Any
     ) -> RunnerProcess:
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "RELAY_TEST_DB_NAME": connection.settings_dict["NAME"],
-            "RELAY_TEST_SETTINGS": json.dumps({**FAST, **relay_settings}),
-            "PYTHONPATH": os.pathsep.join(
-                [
-                    str(REPO_ROOT),
-                    str(REPO_ROOT / "example_project"),
-                    os.environ.get("PYTHONPATH", ""),
-                ]
-            ),
-        }
+        env = subprocess_env(**relay_settings)
         runner = RunnerProcess(["--queues", queues, *(extra_args or [])], env)
         started.append(runner)
         runner.wait_for_line("ready")
@@ -169,3 +185,26 @@ def start_runner(transactional_db: None) -> Iterator[Callable[..., RunnerProcess
     yield start
     for runner in started:
         runner.stop()
+
+
+def server_url(dbname: str) -> str:
+    """A ``DATABASE_URL`` for database ``dbname`` on the server the suite is using."""
+    from urllib.parse import quote, urlencode
+
+    db = connection.settings_dict
+    userinfo = quote(db["USER"] or "", safe="")
+    if db["PASSWORD"]:
+        userinfo += ":" + quote(db["PASSWORD"], safe="")
+    query = {"host": db["HOST"], "port": db["PORT"], **db.get("OPTIONS", {})}
+    query = {key: value for key, value in query.items() if value}
+    return f"postgres://{userinfo}@/{dbname}?{urlencode(query)}"
+
+
+def drop_database(dbname: str) -> None:
+    """Drop ``dbname`` (and its connections) on the suite's server, if it exists."""
+    from psycopg import sql
+
+    with connection._nodb_cursor() as cursor:
+        cursor.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+        )

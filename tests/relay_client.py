@@ -70,7 +70,7 @@ async def relay_round(klass: Any, spec: dict[str, Any], count: int, offset: int)
     began = time.monotonic()
     await asyncio.gather(*(one(i) for i in range(count)))
     elapsed = time.monotonic() - began
-    from django_relay.waiting import get_registry  # private: the only view of the waiters
+    from django_relay.listener.waiters import get_registry  # private: the only view of the waiters
 
     # Removals are handed to the listener's loop: let them land before counting.
     await asyncio.sleep(0.5)
@@ -108,7 +108,7 @@ def main() -> None:
         from django_relay import signal_sync
 
         emit(signalled=signal_sync(spec["jobs"], spec["payload"]))
-    from django_relay.notifier import stop_notifier
+    from django_relay.listener.notifier import stop_notifier
 
     stop_notifier()
     emit(done=True)

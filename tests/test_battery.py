@@ -53,8 +53,8 @@ def defect(number: int, what: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(reason=f"issue 8 defect {number}: {what}", strict=False)
 
 
-DEFECT_3 = defect(3, "async jobs' ORM (asgiref's shared thread) keeps a dead connection")
-DEFECT_4 = defect(4, "relay's insert connection, dead while idle, fails the next relays")
+# Defects 3 and 4 (async jobs' ORM and relay inserts after a restart) are fixed: their
+# cases below carry no mark any more.
 
 
 # -- fixtures -------------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_a_stopped_runners_late_ack_changes_nothing(scale, shared_fleet):
 RESTART_RELAYS = {"fast": 40, "full": 200}
 
 
-@scales(fast=[DEFECT_4], full=[DEFECT_4])
+@scales()
 def test_database_restarts_during_relays(scale, throwaway_fleet):
     fleet, target, server = throwaway_fleet, throwaway_fleet.target, throwaway_fleet.target.server
     fleet.start_many(2, "default=10")
@@ -278,7 +278,7 @@ def test_database_restarts_during_relays(scale, throwaway_fleet):
 SIGNAL_WAITS = {"fast": 10, "full": 40}
 
 
-@scales(fast=[DEFECT_3], full=[DEFECT_3])
+@scales()
 def test_database_restart_during_signal_waits(scale, throwaway_fleet):
     fleet, target, server = throwaway_fleet, throwaway_fleet.target, throwaway_fleet.target.server
     # One runner: the jobs run again after the restart where their ORM connection was
@@ -307,7 +307,7 @@ def test_database_restart_during_signal_waits(scale, throwaway_fleet):
 ORM_RELAYS = {"fast": 10, "full": 40}
 
 
-@scales(fast=[DEFECT_3], full=[DEFECT_3])
+@scales()
 def test_async_orm_jobs_recover_after_a_database_restart(scale, throwaway_fleet):
     fleet, server = throwaway_fleet, throwaway_fleet.target.server
     fleet.start("default=10")
@@ -333,7 +333,7 @@ CONNECTIONS_TO_KILL = [
 ]
 
 
-@scales(fast=[DEFECT_4], full=[DEFECT_4])
+@scales()
 def test_listener_and_insert_connections_killed_every_2s(scale, throwaway_fleet):
     fleet, target, server = throwaway_fleet, throwaway_fleet.target, throwaway_fleet.target.server
     fleet.start_many(2, "default=10")

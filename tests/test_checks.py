@@ -249,3 +249,22 @@ def test_a_wrong_channel_layer_backend_is_refused():
     layers = {"default": {"BACKEND": "no_such_package.Layer"}}
     [(check_id, message)] = _layer_errors(CHANNEL_LAYERS=layers)
     assert check_id == "django_relay.E008" and "no_such_package.Layer" in message
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("key", "module", "check_id", "hint"),
+    [
+        ("METRICS", "prometheus_client", "E009", "pip install 'django-relay[prometheus]'"),
+        ("TRACING", "opentelemetry.trace", "E010", "pip install 'django-relay[otel]'"),
+    ],
+)
+def test_an_optional_feature_without_its_package_is_an_error(
+    monkeypatch, key, module, check_id, hint
+):
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with override_settings(RELAY={key: True}):
+        errors = [e for e in run_checks() if e.id == f"django_relay.{check_id}"]
+    assert [e.hint for e in errors] == [hint]

@@ -10,7 +10,7 @@ from django.urls import reverse
 from example_app.workers import ChargeWorker, OrderApprovalWorker
 
 from django_relay import Workflow
-from django_relay.models import Job, WorkflowRun
+from django_relay.models import Job, JobSignal, WorkflowRun
 from tests.conftest import wait_for
 from tests.workflow_workers import StepWorker
 
@@ -145,3 +145,28 @@ def test_approve_one_order_and_decline_another_with_a_real_runner(start_runner):
     html = wait_for(lambda: page_once(declined, "failed"), 20, message="declined order done")
     assert "Not charged: declined by bob." in html
     assert declined.states() == {"approval": "cancelled", "charge": "cancelled"}
+
+
+@pytest.mark.django_db
+def test_deciding_on_the_demo_page_needs_the_permission_to_signal_jobs():
+    from django.contrib.auth.models import Permission, User
+
+    workflow = place_order(csrf_client())
+    assert workflow.run is not None
+    url = reverse("example_app:demo_decide", args=[workflow.run.pk])
+    client = Client()
+    assert client.post(url, {"decision": "approved"}).status_code == 403  # anonymous
+    clerk = User.objects.create_user("clerk", is_staff=True)
+    client.force_login(clerk)
+    assert client.post(url, {"decision": "approved"}).status_code == 403  # staff, no permission
+    assert not JobSignal.objects.exists()
+
+    clerk.user_permissions.add(Permission.objects.get(codename="signal_job"))
+    client.force_login(User.objects.get(pk=clerk.pk))  # a fresh permission cache
+    assert client.post(url, {"decision": "maybe"}).status_code == 400
+    response = client.post(url, {"decision": "declined"})
+    assert response.status_code == 200 and response.json() == {"sent": 1}
+    signal = JobSignal.objects.get()
+    assert signal.job_id == workflow.steps["approval"].job.pk
+    assert signal.sender == "clerk"
+    assert signal.payload == {"decision": "declined", "by": "clerk"}

@@ -136,7 +136,7 @@ def test_options_args_and_run_now() -> None:
 def test_bad_entries_are_refused_by_a_system_check(entries: object, message: str) -> None:
     with override_settings(RELAY={**settings.RELAY, "PERIODIC": entries}):
         errors = check_periodic(None)
-    assert [e.id for e in errors] == ["django_relay.E009"]
+    assert [e.id for e in errors] == ["django_relay.E011"]
     assert message in errors[0].msg
 
 

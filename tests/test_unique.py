@@ -152,3 +152,30 @@ def test_a_workflow_step_is_never_unique() -> None:
     jobs = Workflow("w").add("a", UniqueWorker.new({"value": 1})).enqueue()
     assert not jobs[0].conflict
     assert Job.objects.count() == 2
+
+
+async def test_relays_reserved_insert_of_a_unique_job_is_safe_to_repeat(transactional_db) -> None:
+    import dataclasses
+
+    import psycopg
+    from asgiref.sync import sync_to_async
+
+    from django_relay import pg, queries
+    from django_relay.enqueue import encode
+
+    def row(job_id: int) -> queries.NewJob:
+        return dataclasses.replace(encode(UniqueWorker.new({"value": "r"})), id=job_id)
+
+    async with await psycopg.AsyncConnection.connect(
+        **pg.connect_kwargs(), autocommit=True
+    ) as conn:
+        first_id, other_id = await queries.reserve_job_ids(conn, 2)
+        [first] = await queries.ainsert_reserved_jobs(conn, [row(first_id)])
+        # The same try sent again (its reply was lost): the row that landed, no conflict.
+        [again] = await queries.ainsert_reserved_jobs(conn, [row(first_id)])
+        # Another relay of a duplicate: the existing job, marked.
+        [duplicate] = await queries.ainsert_reserved_jobs(conn, [row(other_id)])
+    assert (first[0], first[-1]) == (first_id, False)
+    assert (again[0], again[-1]) == (first_id, False)
+    assert (duplicate[0], duplicate[-1]) == (first_id, True)
+    assert await sync_to_async(Job.objects.count)() == 1

@@ -145,3 +145,36 @@ class NotAWorker:
     def process(self, job: Any) -> Any:
         Path(job.args["marker"]).touch()
         return "ran"
+
+
+@worker(queue="default", max_attempts=3)
+class AsyncOrmWorker:
+    """An ``async def process`` that reads its own row through the ORM (asgiref's thread)."""
+
+    async def process(self, job: Any) -> Any:
+        row = await Job.objects.aget(pk=job.id)
+        return {"state": row.state, "attempt": row.attempt}
+
+    def backoff(self, job: Any) -> float:
+        return 0.1
+
+
+@worker(queue="default", max_attempts=3)
+class LoopBlockingWorker:
+    """An ``async def process`` that blocks its event loop (``time.sleep``): a bug users make."""
+
+    async def process(self, job: Any) -> Any:
+        record(job.args["log"], job=job.id, attempt=job.attempt, pid=os.getpid())
+        time.sleep(job.args["seconds"])
+        return "done"
+
+
+@worker(queue="default")
+class TracedSyncWorker:
+    """A plain ``def process`` that makes a span of its own, in the runner's thread pool."""
+
+    def process(self, job: Any) -> Any:
+        from opentelemetry import trace
+
+        with trace.get_tracer("tests").start_as_current_span("sync work"):
+            return job.args.get("value")

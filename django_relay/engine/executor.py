@@ -8,21 +8,26 @@ import functools
 import inspect
 import logging
 import math
+import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
 from django.dispatch import Signal
 
-from django_relay import codec, signals
+from django_relay import codec, signals, tracing
 from django_relay.conf import settings
 from django_relay.context import attempt_deadline, current_job
-from django_relay.engine.threads import JobThreads
+from django_relay.engine.threads import JOB_THREAD_PREFIX, JobThreads
 from django_relay.exceptions import EncodeError, WorkerError
 from django_relay.jobs import cascade_cancelled
+from django_relay.logs import OUTCOME_EVENTS, OUTCOME_LEVELS, job_fields, jobs_logger
 from django_relay.models import Job, JobState
 from django_relay.queries import Ack
 from django_relay.registry import Cancel, Snooze, default_backoff, lookup, options_of, resolve
@@ -59,16 +64,33 @@ def storable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def error_entry(attempt: int, kind: str, error: str, tb: str | None = None) -> str:
+def error_entry(
+    attempt: int, kind: str, error: str, tb: str | None = None, **extra: str | None
+) -> str:
     """The encoded entry appended to ``Job.errors`` for an attempt: always storable."""
-    entry = {"attempt": attempt, "kind": kind, "error": storable(error)}
+    entry: dict[str, object] = {"attempt": attempt, "kind": kind, "error": storable(error)}
     if tb:
         entry["traceback"] = storable(tb)
+    entry.update((key, None if value is None else storable(value)) for key, value in extra.items())
     return codec.dumps(entry)
 
 
 def _error(job: Job, kind: str, error: str, tb: str | None = None) -> str:
     return error_entry(job.attempt, kind, error, tb)
+
+
+def _raised(job: Job, exc: BaseException) -> str:
+    # Which class was raised, and by which attempt (runner node, start time): Django's
+    # TaskResult reports each failed attempt's exception class and worker.
+    return error_entry(
+        job.attempt,
+        "error",
+        describe(exc),
+        _traceback(exc),
+        exception=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        node=job.attempted_by,
+        started=job.attempted_at.isoformat() if job.attempted_at else None,
+    )
 
 
 def describe(exc: BaseException) -> str:
@@ -109,7 +131,7 @@ def decide(
         case Cancel(reason=reason):
             return ack(JobState.CANCELLED, error=_error(job, "cancel", reason) if reason else None)
         case BaseException() as exc:
-            error = _error(job, "error", describe(exc), _traceback(exc))
+            error = _raised(job, exc)
             if job.attempt >= job.max_attempts:
                 return ack(JobState.DISCARDED, error=error)
             return ack(
@@ -133,6 +155,30 @@ def decide(
     return ack(JobState.COMPLETED, result=result)
 
 
+_close_old_connections = sync_to_async(close_old_connections)
+
+_orm_lock = threading.Lock()
+# Django connections opened outside the job threads: in a runner, asgiref's
+# thread-sensitive thread, where async jobs and await_signal reach the ORM.
+_orm_connections: weakref.WeakSet[BaseDatabaseWrapper] = weakref.WeakSet()
+
+
+def _track_connection(sender: object, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    # The main thread runs the event loop (its connection, if any, is from start-up).
+    thread = threading.current_thread()
+    if thread is not threading.main_thread() and not thread.name.startswith(JOB_THREAD_PREFIX):
+        with _orm_lock:
+            _orm_connections.add(connection)
+
+
+connection_created.connect(_track_connection, dispatch_uid="django_relay.executor")
+
+
+def _orm_connected() -> bool:
+    with _orm_lock:
+        return any(wrapper.connection is not None for wrapper in _orm_connections)
+
+
 def _run_sync(process: Any, job: Job) -> Any:
     # A thread of the pool is a long-lived "request" for Django's connection handling.
     close_old_connections()
@@ -144,7 +190,20 @@ def _run_sync(process: Any, job: Job) -> Any:
 
 async def _call(process: Any, job: Job, threads: JobThreads | None) -> Any:
     if inspect.iscoroutinefunction(process):
-        return await process(job)
+        if threads is None:
+            return await process(job)
+        # An async job reaches the ORM through asgiref's thread-sensitive thread,
+        # whose connection outlives the job as a request's would: like Django around
+        # each request, close it there if it broke or aged out (a database restart
+        # would otherwise fail every later job of this runner). Only when such a
+        # connection is open: a thread hop per job costs more than most jobs.
+        if _orm_connected():
+            await _close_old_connections()
+        try:
+            return await process(job)
+        finally:
+            if _orm_connected():
+                await _close_old_connections()
     if threads is None:
         # In-process draining (django_relay.testing): run on the caller's thread and
         # connection, inside its transaction.
@@ -173,7 +232,18 @@ async def _run(process: Any, job: Job, threads: JobThreads | None, timeout: floa
 async def execute(job: Job, threads: JobThreads | None) -> Finished:
     """Run ``job``'s worker and return the ack that finishes the attempt.
 
-    Never raises for anything the worker does: a constructor, a ``process``, a
+    With tracing on, the attempt is a consumer span in the enqueuer's trace.
+    """
+    if not tracing.enabled():
+        return await _execute(job, threads)
+    with tracing.processing(job) as span:
+        finished = await _execute(job, threads)
+        tracing.finish(span, finished.ack.state, finished.ack.error)
+    return finished
+
+
+async def _execute(job: Job, threads: JobThreads | None) -> Finished:
+    """See execute(). Never raises for anything the worker does: a constructor, a ``process``, a
     ``str()`` of an exception or a result that fails each end in an ack.
     """
     instance: Any = None
@@ -248,6 +318,7 @@ def report(
     klass: type | None, job: Job, ack: Ack, started: float, acked: bool
 ) -> Coroutine[Any, Any, None] | None:
     """Log the outcome, once its ack is persisted; return its dispatch signal to send."""
+    duration = time.perf_counter() - started
     if not acked:
         logger.warning(
             "job %s: attempt %s is no longer this runner's (rescued, given back or "
@@ -255,33 +326,41 @@ def report(
             job.id,
             ack.attempt,
             ack.state,
+            extra=job_fields(job, "dropped", state=ack.state, duration=duration),
         )
         return None
     job.state = ack.state
-    if logger.isEnabledFor(logging.INFO):
-        logger.info(
-            "job %s %s %s in %.1fms (attempt %s/%s)",
+    level = OUTCOME_LEVELS.get(ack.state, logging.INFO)
+    if jobs_logger.isEnabledFor(level):
+        error = codec.loads(ack.error).get("error") if ack.error else None
+        jobs_logger.log(
+            level,
+            "job %s %s %s in %.1fms (attempt %s/%s)%s",
             job.id,
             job.worker,
             ack.state,
-            (time.perf_counter() - started) * 1000,
+            duration * 1000,
             ack.attempt,
             job.max_attempts,
+            f": {error}" if error else "",
+            extra=job_fields(
+                job, OUTCOME_EVENTS.get(ack.state, ack.state), duration=duration, error=error
+            ),
         )
     signal = _OUTCOME_SIGNALS.get(ack.state)  # type: ignore[call-overload]
     if _may_cascade(job, ack) and signals.job_cancelled.receivers:
-        return _send_with_cascade(signal, klass, job)
+        return _send_with_cascade(signal, klass, job, duration)
     if signal is None or not signal.receivers:
         return None
-    return send(signal, klass, job)
+    return send(signal, klass, job, duration=duration)
 
 
-async def send(signal: Signal, sender: type | None, job: Job) -> None:
+async def send(signal: Signal, sender: type | None, job: Job, **kwargs: Any) -> None:
     """Send a lifecycle signal; a receiver that raises is logged, never propagated.
 
     Async receivers run on the caller's loop, sync ones in a thread.
     """
-    for receiver, response in await signal.asend_robust(sender=sender, job=job):
+    for receiver, response in await signal.asend_robust(sender=sender, job=job, **kwargs):
         if isinstance(response, Exception):
             logger.error(
                 "job %s: signal receiver %s failed", job.id, _name(receiver), exc_info=response
@@ -330,9 +409,9 @@ def _may_cascade(job: Job, ack: Ack) -> bool:
     return job.workflow_id is not None and ack.state in (JobState.DISCARDED, JobState.CANCELLED)
 
 
-async def _send_with_cascade(signal: Any, klass: type | None, job: Job) -> None:
+async def _send_with_cascade(signal: Any, klass: type | None, job: Job, duration: float) -> None:
     # The ack's trigger cancelled the step's dependents: job_cancelled for them too.
     if signal is not None and signal.receivers:
-        await send(signal, klass, job)
+        await send(signal, klass, job, duration=duration)
     for dependent in await sync_to_async(cascade_cancelled)([job.id]):
         await send(signals.job_cancelled, lookup(dependent.worker), dependent)

@@ -14,7 +14,7 @@ from django_relay.conf import settings
 from django_relay.engine import executor
 from django_relay.engine.acker import Acker
 from django_relay.engine.control import QueueControl
-from django_relay.engine.lifeline import Lifeline
+from django_relay.engine.lifeline import Heartbeat, Lifeline
 from django_relay.engine.producer import Producer
 from django_relay.engine.scheduler import Scheduler
 from django_relay.engine.threads import JobThreads
@@ -51,7 +51,8 @@ class Runner:
         entries = periodic.entries()
         self.scheduler = Scheduler(entries) if entries else None
         self.failed = False
-        self.lifeline = Lifeline(self.node, self.queues, reconcile=self._reconcile)
+        self.lifeline = Lifeline(self.node, reconcile=self._reconcile)
+        self.heartbeat = Heartbeat(self.node, self.queues)
 
     def ready_line(self) -> str:
         queues = ", ".join(f"{q}={n}" for q, n in self.queues.items())
@@ -139,7 +140,7 @@ class Runner:
         unlisten = notifier.listen(queries.AVAILABLE_CHANNEL, on_available)
         unlisten_queues = notifier.listen(queries.QUEUE_CHANNEL, on_queue_changed)
         notifier.on_reconnect(on_reconnect)
-        await self.lifeline.beat()  # our node exists before we own any job
+        await self.heartbeat.start()  # our node exists before we own any job
         await self.control.refresh()  # a paused queue starts nothing, even at start
         self.acker.start()
         workers = [
@@ -207,6 +208,7 @@ class Runner:
                 "rescued and run again"
             )
         await self.acker.close()
+        await self.heartbeat.stop()
         await self.lifeline.close()
         await self._claims.close()
         self.threads.shutdown()

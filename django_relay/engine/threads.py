@@ -20,6 +20,11 @@ from typing import Any
 logger = logging.getLogger("django_relay")
 
 
+#: Name prefix of these threads (the executor tells Django connections opened in
+#: them, which clean up after each job, from those of asgiref's thread).
+JOB_THREAD_PREFIX = "relay-job"
+
+
 class JobThreads:
     """Threads for ``slots`` concurrent sync calls, plus room for ``max_overdue`` hung ones."""
 
@@ -27,7 +32,7 @@ class JobThreads:
         slots = max(1, slots)
         self.max_overdue = slots if max_overdue is None else max(0, max_overdue)
         self._pool = ThreadPoolExecutor(
-            max_workers=slots + self.max_overdue, thread_name_prefix="relay-job"
+            max_workers=slots + self.max_overdue, thread_name_prefix=JOB_THREAD_PREFIX
         )
         self._lock = threading.Lock()
         self._overdue: set[Future[Any]] = set()

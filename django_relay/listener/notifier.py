@@ -179,14 +179,26 @@ class Notifier:
                 with self._lock:
                     reconnect_handlers = list(self._reconnect_handlers)
                 for handler in reconnect_handlers:
-                    handler()
+                    try:
+                        handler()
+                    except Exception:
+                        logger.exception("a listener reconnect handler failed")
                 await self._pump(self._conn)
-            except psycopg.Error as exc:
+            except Exception as exc:
+                # Whatever broke, the process's relays depend on this loop going on:
+                # log it, drop the connection, and start over.
                 self.connected.clear()
                 with self._lock:
                     for event in self._live.values():
                         event.clear()
-                logger.warning("listener connection lost (%s); reconnecting in %.2fs", exc, delay)
+                if isinstance(exc, pg.CONNECTION_ERRORS):
+                    logger.warning(
+                        "listener connection lost (%s); reconnecting in %.2fs",
+                        exc or "no answer within its deadline",
+                        delay,
+                    )
+                else:
+                    logger.exception("listener failed; reconnecting in %.2fs", delay)
                 if self._conn is not None:
                     await _close_quietly(self._conn)
                 await asyncio.sleep(delay)
@@ -197,7 +209,9 @@ class Notifier:
         if self.probe_ok.is_set() or self._conn is None:
             return
         self._probe_token = f"{os.getpid()}-{uuid.uuid4().hex}"
-        await self._conn.execute("SELECT pg_notify(%s, %s)", (PROBE_CHANNEL, self._probe_token))
+        await pg.within_deadline(
+            self._conn.execute("SELECT pg_notify(%s, %s)", (PROBE_CHANNEL, self._probe_token))
+        )
         assert self.loop is not None
         self.loop.call_later(5.0, self._check_probe)
 
@@ -211,7 +225,7 @@ class Notifier:
             )
 
     async def _listen(self, conn: psycopg.AsyncConnection, channel: str) -> None:
-        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        await pg.within_deadline(conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel))))
 
     async def _listen_wanted(self, conn: psycopg.AsyncConnection) -> None:
         with self._lock:
@@ -230,7 +244,9 @@ class Notifier:
                 self._dispatch(note.channel, note.payload)
             await self._listen_wanted(conn)
             if time.monotonic() >= next_ping:
-                await conn.execute("SELECT 1")  # health ping: a dead socket raises here
+                # Health ping: a dead socket raises here, and a server that stopped
+                # answering (a half-open socket) misses the deadline.
+                await asyncio.wait_for(conn.execute("SELECT 1"), settings.LISTENER_PING_TIMEOUT)
                 next_ping = time.monotonic() + ping_every
 
     def _dispatch(self, channel: str, payload: str) -> None:

@@ -12,6 +12,8 @@ are inserted here too, batched, on the listener's own connection.
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -33,7 +35,7 @@ from django_relay.exceptions import (
 )
 from django_relay.listener.notifier import Notifier, get_notifier
 from django_relay.models import TERMINAL_STATES
-from django_relay.pg import Link
+from django_relay.pg import CONNECTION_ERRORS, Link
 
 logger = logging.getLogger("django_relay")
 
@@ -101,28 +103,31 @@ def _resolve(future: asyncio.Future[Any], value: Any) -> None:
         future.set_result(value)
 
 
-def _enqueue_failed(exc: Exception) -> Exception:
-    if not isinstance(exc, psycopg.OperationalError):
-        return exc
-    error = RelayError(
-        f"relay() could not enqueue its job: the database connection failed ({exc}). "
-        "It was not retried, since a retry could run the job twice; retry the relay "
-        "if the job is safe to repeat."
-    )
-    error.__cause__ = exc
-    return error
-
-
 def _refused(exc: Exception) -> bool:
     # The database answered that it refuses the statement (a constraint, bad data, a
     # trigger's error): nothing was inserted and the connection is fine. A connection
-    # failure (OperationalError) may have inserted the rows: never split those.
+    # failure (OperationalError) is not a refusal: the batch is sent again as it is.
     return isinstance(exc, psycopg.DatabaseError) and not isinstance(exc, psycopg.OperationalError)
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
+
+
+#: Job ids a registry reserves at a time for relay()'s inserts.
+_ID_BLOCK = 64
+
+
+@dataclass(slots=True)
+class _Insert:
+    """A job relay() asked to insert, and where to tell it the row."""
+
+    row: queries.NewJob
+    waiter: Waiter
+    inserted: asyncio.Future[tuple[Any, ...]]
+    #: A try may have reached the database: the row may exist.
+    sent: bool = False
 
 
 class Registry:
@@ -133,8 +138,9 @@ class Registry:
         self.waiters: dict[int, set[Waiter]] = {}
         self.link = Link("relay")
         self.insert_link = Link("relay-insert")
-        self._inserts: list[tuple[queries.NewJob, Waiter, asyncio.Future[Any]]] = []
+        self._inserts: list[_Insert] = []
         self._inserting = False
+        self._ids: collections.deque[int] = collections.deque()
         self._wanted: set[int] = set()
         self._reading = False
         self._polls: list[tuple[float, int, Waiter]] = []
@@ -156,7 +162,7 @@ class Registry:
         self, row: queries.NewJob, waiter: Waiter, inserted: asyncio.Future[tuple[Any, ...]]
     ) -> None:
         """Insert ``row`` (with the others queued meanwhile), then wait on it."""
-        self._inserts.append((row, waiter, inserted))
+        self._inserts.append(_Insert(row, waiter, inserted))
         if not self._inserting:
             self._inserting = True
             asyncio.get_running_loop().create_task(self._insert())
@@ -165,36 +171,89 @@ class Registry:
         try:
             while self._inserts:
                 batch, self._inserts = self._inserts, []
-                rows = [row for row, _, _ in batch]
-                outcomes = await self._insert_each(rows)
-                for (_, waiter, inserted), saved in zip(batch, outcomes, strict=True):
-                    if isinstance(saved, Exception):
-                        waiter.loop.call_soon_threadsafe(_fail, inserted, saved)
-                        continue
-                    waiter.job_id = saved[0]
-                    self.add(waiter)  # subscribe, then check
-                    waiter.loop.call_soon_threadsafe(_resolve, inserted, saved)
+                await self._insert_batch(batch)
         finally:
             self._inserting = False
 
-    async def _insert_each(self, rows: list[queries.NewJob]) -> list[tuple[Any, ...] | Exception]:
-        """Insert ``rows``: what each returned, or the error that each one alone failed with.
+    async def _insert_batch(self, batch: list[_Insert]) -> None:
+        """Insert ``batch``, trying again after connection failures until its callers give up.
 
-        A statement the database refuses inserted nothing, so it is split in halves
-        and each half inserted again: only the rows it refuses fail, each with its
-        own error, for ``log2(len(rows))`` extra statements per refused row.
+        Each row's id is reserved before its first try, so a try whose reply was
+        lost (the connection died, or the deadline passed, with the statement sent)
+        is safe to repeat: the row that landed is found, never inserted twice.
         """
-        try:
-            # Not retried: after a lost reply the job may exist; the callers
-            # see the error, as they would from enqueue().
-            return list(
-                await self.insert_link.run(partial(queries.ainsert_jobs, jobs=rows), retry=False)
-            )
-        except Exception as exc:
-            if len(rows) == 1 or not _refused(exc):
-                return [_enqueue_failed(exc)] * len(rows)
-        half = len(rows) // 2
-        return [*await self._insert_each(rows[:half]), *await self._insert_each(rows[half:])]
+        delay = 0.05
+        while True:
+            # A relay that gave up before any try reached the database is simply
+            # not enqueued; one whose try may have landed is settled (and cancelled).
+            batch = [entry for entry in batch if entry.waiter.active or entry.sent]
+            if not batch:
+                return
+
+            async def insert(conn: psycopg.AsyncConnection, rows: list[_Insert]) -> list[Any]:
+                await self._reserve_ids(conn, rows)
+                for entry in rows:
+                    entry.sent = True
+                return await queries.ainsert_reserved_jobs(conn, [entry.row for entry in rows])
+
+            try:
+                returned = await self.insert_link.run(partial(insert, rows=batch), retry=False)
+            except CONNECTION_ERRORS as exc:
+                logger.warning(
+                    "relay insert failed (%s); trying again in %.2fs", exc or "deadline", delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            except Exception as exc:
+                if not _refused(exc):
+                    for entry in batch:
+                        entry.waiter.loop.call_soon_threadsafe(_fail, entry.inserted, exc)
+                    return
+                # Refused: nothing was inserted. Split the batch in halves and insert
+                # each again, so only the rows it refuses fail, each with its own
+                # error, for log2(len(batch)) extra statements per refused row.
+                for entry in batch:
+                    entry.sent = False
+                if len(batch) == 1:
+                    batch[0].waiter.loop.call_soon_threadsafe(_fail, batch[0].inserted, exc)
+                    return
+                half = len(batch) // 2
+                await self._insert_batch(batch[:half])
+                await self._insert_batch(batch[half:])
+                return
+            for entry, saved in zip(batch, returned, strict=True):
+                entry.waiter.job_id = saved[0]
+                if entry.waiter.active:
+                    self.add(entry.waiter)  # subscribe, then check
+                    entry.waiter.loop.call_soon_threadsafe(_resolve, entry.inserted, saved)
+                else:
+                    self._cancel_abandoned(saved[0])
+            return
+
+    async def _reserve_ids(self, conn: psycopg.AsyncConnection, rows: list[_Insert]) -> None:
+        # The id is the insert's idempotency key: given once, kept across tries.
+        # Reserved a block at a time, so a relay rarely pays a round trip for it.
+        missing = [entry for entry in rows if entry.row.id is None]
+        if len(missing) > len(self._ids):
+            wanted = max(len(missing) - len(self._ids), _ID_BLOCK)
+            self._ids.extend(await queries.reserve_job_ids(conn, wanted))
+        for entry in missing:
+            entry.row = dataclasses.replace(entry.row, id=self._ids.popleft())
+
+    def abandon(self, waiter: Waiter) -> None:
+        """Its relay gave up before it learnt its job's id: that job must not run for nobody.
+
+        Called on the listener's loop, after the caller set ``waiter.active`` false:
+        an insert still pending sees that; one that already landed is cancelled here.
+        """
+        self.remove(waiter)
+        if waiter.job_id:
+            self._cancel_abandoned(waiter.job_id)
+
+    def _cancel_abandoned(self, job_id: int) -> None:
+        reason = "its relay gave up before the insert was confirmed"
+        asyncio.get_running_loop().create_task(self.cancel_unstarted(job_id, reason))
 
     def remove(self, waiter: Waiter) -> None:
         waiter.active = False

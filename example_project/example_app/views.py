@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+from collections.abc import Awaitable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django import forms
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from django_relay import RelayError, RelayTimeout, Workflow
-from django_relay.models import WorkflowRun
+from django_relay import RelayError, RelayTimeout
 
+from . import scenarios
 from .workers import (
     CalculatorWorker,
-    ChargeWorker,
     FraudCheckWorker,
     InventoryWorker,
-    OrderApprovalWorker,
     ShippingWorker,
 )
 
@@ -33,8 +32,8 @@ class BadRequest(ValueError):
     """A query parameter is missing or malformed."""
 
 
-def _number(request: HttpRequest, name: str, default: str | None = None) -> Decimal:
-    raw = request.GET.get(name, default)
+def _number(params: QueryDict, name: str, default: str | None = None) -> Decimal:
+    raw = params.get(name, default)
     if raw is None:
         raise BadRequest(f"Missing query parameter {name!r}.")
     try:
@@ -66,8 +65,8 @@ def _relay_error(exc: RelayError) -> JsonResponse:
 async def calculate(request: HttpRequest) -> JsonResponse:
     """``/calculate/?a=1&b=2`` → ``{"result": 3}``, computed by whichever runner is free."""
     try:
-        a = _number(request, "a")
-        b = _number(request, "b")
+        a = _number(request.GET, "a")
+        b = _number(request.GET, "b")
     except BadRequest as exc:
         return _error(str(exc), 400)
     args = {"a": _plain(a), "b": _plain(b)}
@@ -82,8 +81,8 @@ async def calculate(request: HttpRequest) -> JsonResponse:
 async def order(request: HttpRequest) -> JsonResponse:
     """``/order/?price=19.99&quantity=2``: three checks relayed at once, then the total."""
     try:
-        price = _number(request, "price")
-        quantity = _number(request, "quantity", default="1")
+        price = _number(request.GET, "price")
+        quantity = _number(request.GET, "quantity", default="1")
         if price < 0:
             raise BadRequest("Query parameter 'price' must not be negative.")
         if quantity < 1 or quantity != quantity.to_integral_value():
@@ -137,18 +136,9 @@ async def create_order(request: HttpRequest) -> HttpResponse:
     form = OrderForm(request.POST)
     if not form.is_valid():
         return render(request, "example_app/order_new.html", {"form": form}, status=400)
-    order = uuid.uuid4().hex[:12]
-    args = {
-        "order": order,
-        "item": form.cleaned_data["item"],
-        "amount": str(form.cleaned_data["amount"]),
-    }
-    workflow = (
-        Workflow(name=f"order-{order}")
-        .add("approval", OrderApprovalWorker.new(args))
-        .add("charge", ChargeWorker.new(args), deps=["approval"])
+    workflow = await scenarios.place_order(
+        form.cleaned_data["item"], str(form.cleaned_data["amount"])
     )
-    await workflow.aenqueue()
     assert workflow.run is not None
     return redirect("example_app:order_status", run_id=workflow.run.pk)
 
@@ -156,48 +146,95 @@ async def create_order(request: HttpRequest) -> HttpResponse:
 @require_GET
 async def order_status(request: HttpRequest, run_id: int) -> HttpResponse:
     """Each step's state, the outcome once the workflow is done, links to decide it."""
-    try:
-        workflow = await Workflow.aload(run_id)
-    except WorkflowRun.DoesNotExist:
-        raise Http404("No such order.") from None
-    if not (workflow.name or "").startswith("order-") or set(workflow.steps) != {
-        "approval",
-        "charge",
-    }:
-        raise Http404("No such order.")  # some other workflow: not ours to show
-    state = await sync_to_async(workflow.state)()
-    approval, charge = workflow.steps["approval"].job, workflow.steps["charge"].job
+    summary = await scenarios.order_status(run_id)
+    if summary is None:
+        raise Http404("No such order.")
+    return render(request, "example_app/order_status.html", summary)
+
+
+# -- the demo page: / shows every scenario live; its buttons call these JSON views ----
+
+
+@ensure_csrf_cookie
+@require_GET
+def demo(request: HttpRequest) -> HttpResponse:
+    """The demo page (plain template + a little JavaScript)."""
     return render(
         request,
-        "example_app/order_status.html",
-        {
-            "order": approval.args,
-            "state": state,
-            "steps": [_step(name, step.job) for name, step in workflow.steps.items()],
-            "charge": charge.result if state == "completed" else None,
-            "reason": _failure(approval, charge) if state == "failed" else None,
-            "workflow_admin_url": reverse("admin:django_relay_workflowrun_change", args=[run_id]),
-        },
+        "example_app/demo.html",
+        {"login_url": reverse("admin:login") + "?next=" + reverse("example_app:demo")},
     )
 
 
-def _step(name: str, job: Any) -> dict[str, Any]:
-    waiting = job.signal_wait is not None
-    return {
-        "name": name,
-        "state": "waiting for a signal" if waiting else job.state,
-        "admin_url": reverse("admin:django_relay_job_change", args=[job.pk]),
-        # The job list narrowed to this job: tick it, then "Approve" or "Decline".
-        "decide_url": reverse("admin:django_relay_job_changelist")
-        + f"?waiting=yes&id__exact={job.pk}"
-        if waiting
-        else None,
-    }
+@require_POST
+async def demo_calculate(request: HttpRequest) -> JsonResponse:
+    """Relay the calculator with ``a`` and ``b`` from the form."""
+    try:
+        a, b = _plain(_number(request.POST, "a")), _plain(_number(request.POST, "b"))
+    except BadRequest as exc:
+        return _error(str(exc), 400)
+    return await _scenario(scenarios.calculate(a, b))
 
 
-def _failure(*jobs: Any) -> str:
-    # The first step that did not complete says why (a decline, a timeout, an error).
-    for job in jobs:
-        if job.state != "completed" and job.errors:
-            return str(job.errors[-1].get("error"))
-    return "unknown"
+@require_POST
+async def demo_checks(request: HttpRequest) -> JsonResponse:
+    """The three order checks, relayed at once."""
+    return await _scenario(scenarios.order_checks())
+
+
+@require_POST
+async def demo_retried(request: HttpRequest) -> JsonResponse:
+    """A job that fails twice and completes on its third attempt."""
+    return await _scenario(scenarios.retried())
+
+
+@require_POST
+async def demo_cancelled(request: HttpRequest) -> JsonResponse:
+    """A running job, cancelled."""
+    return await _scenario(scenarios.cancelled())
+
+
+@require_POST
+async def demo_place_order(request: HttpRequest) -> JsonResponse:
+    """Place an order (the approval workflow); answers its status."""
+    form = OrderForm(request.POST)
+    if not form.is_valid():
+        return _error(form.errors.as_text(), 400)
+    workflow = await scenarios.place_order(
+        form.cleaned_data["item"], str(form.cleaned_data["amount"])
+    )
+    return JsonResponse(await scenarios.order_summary(workflow))
+
+
+@require_GET
+async def demo_order(request: HttpRequest, run_id: int) -> JsonResponse:
+    """An order's status, re-read when the job-event websocket says one of its jobs moved."""
+    summary = await scenarios.order_status(run_id)
+    if summary is None:
+        return _error("No such order.", 404)
+    return JsonResponse(summary)
+
+
+@require_POST
+async def demo_decide(request: HttpRequest, run_id: int) -> JsonResponse:
+    """Approve or decline an order, as a user allowed to signal jobs (like the admin)."""
+    user = await request.auser()
+    if not await sync_to_async(user.has_perm)("django_relay.signal_job"):
+        return _error("Log in as a user who may signal jobs.", 403)
+    decision = request.POST.get("decision")
+    if decision not in ("approved", "declined"):
+        return _error("decision must be 'approved' or 'declined'.", 400)
+    workflow = await scenarios.load_order(run_id)
+    if workflow is None:
+        return _error("No such order.", 404)
+    sent = await scenarios.decide(workflow, decision, by=user.get_username())
+    return JsonResponse({"sent": sent})
+
+
+async def _scenario(scenario: Awaitable[dict[str, Any]]) -> JsonResponse:
+    try:
+        return JsonResponse(await scenario)
+    except RelayError as exc:
+        return _relay_error(exc)
+    except scenarios.ScenarioError as exc:
+        return _error(str(exc), 500)

@@ -5,10 +5,9 @@ Deliberately tiny: only PostgreSQL URLs, which is all django_relay supports.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
-
-DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/django_relay"
 
 _ENGINES = {
     "postgres": "django.db.backends.postgresql",
@@ -22,7 +21,9 @@ def parse(url: str) -> dict[str, Any]:
 
     Args:
         url: e.g. ``postgres://user:secret@db.example.com:5433/app?sslmode=require``.
-            Query parameters become ``OPTIONS`` (libpq connection parameters).
+            Query parameters become ``OPTIONS`` (libpq connection parameters), except
+            ``host`` and ``port``, which are the ``HOST`` and ``PORT`` when the URL names
+            none, as in libpq: ``postgres://postgres@/app?host=/var/run/postgresql``.
 
     Returns:
         A dict suitable as a value of ``settings.DATABASES``.
@@ -40,15 +41,21 @@ def parse(url: str) -> dict[str, Any]:
         ) from None
     # .port raises ValueError itself for a non-numeric port, with a clear enough message.
     port = parts.port
+    options = dict(parse_qsl(parts.query))
+    # A percent-encoded host is a Unix socket directory: postgres://%2Fvar%2Frun%2Fpostgresql/db.
+    # Taken from the netloc as written: .hostname lowercases it, which breaks a path.
+    host = unquote(parts.hostname or "")
+    written = parts.netloc.rpartition("@")[2]
+    if written.lower().startswith("%2f"):
+        host = unquote(re.sub(r":\d+$", "", written))
     return {
         "ENGINE": engine,
         "NAME": unquote(parts.path.lstrip("/")),
         "USER": unquote(parts.username or ""),
         "PASSWORD": unquote(parts.password or ""),
-        # A percent-encoded host is a Unix socket directory: postgres://%2Fvar%2Frun%2Fpostgresql/db
-        "HOST": unquote(parts.hostname or ""),
-        "PORT": str(port) if port is not None else "",
-        "OPTIONS": dict(parse_qsl(parts.query)),
+        "HOST": host or options.pop("host", ""),
+        "PORT": str(port) if port is not None else options.pop("port", ""),
+        "OPTIONS": options,
     }
 
 

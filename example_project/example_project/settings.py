@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from example_project.dburl import DEFAULT_URL, parse
+from example_project.dburl import parse
+from example_project.embedded import database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -56,12 +56,16 @@ TEMPLATES = [
 WSGI_APPLICATION = "example_project.wsgi.application"
 ASGI_APPLICATION = "example_project.asgi.application"
 
-DATABASES = {"default": parse(os.environ.get("DATABASE_URL", DEFAULT_URL))}
+# DATABASE_URL, or else a PostgreSQL server of the example's own (see embedded.py).
+DATABASES = {"default": parse(database_url("django_relay", purpose="demo"))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 RELAY = {"QUEUES": {"default": 10, "priority": 5}}
+
+# Django's Tasks framework (Django 6+), run by relayworker: see example_app/tasks.py.
+TASKS = {"default": {"BACKEND": "django_relay.tasks.RelayBackend", "QUEUES": []}}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -74,5 +78,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_relay": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "django_relay": {"handlers": ["console"], "level": "INFO"},
+        "django.tasks": {"handlers": ["console"], "level": "INFO"},
+    },
 }

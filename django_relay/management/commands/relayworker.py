@@ -12,6 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from django_relay import signal_handlers
 from django_relay.conf import settings
 from django_relay.engine.runner import Runner
 from django_relay.registry import validate_queue
@@ -65,7 +66,20 @@ class Command(BaseCommand):
             choices=["DEBUG", "INFO", "WARNING", "ERROR"],
             default=None,
             help="level of the django_relay logger (default: as LOGGING sets it); WARNING "
-            "drops the per-job INFO lines, which cost throughput at thousands of jobs/s",
+            "drops the per-job INFO lines, which cost throughput at thousands of jobs/s; "
+            "DEBUG adds a line per enqueued and started job",
+        )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="serve Prometheus metrics on this port at /metrics (needs the prometheus "
+            "extra; 0 picks a free port, printed in the log)",
+        )
+        parser.add_argument(
+            "--metrics-host",
+            default="0.0.0.0",
+            help="address the metrics server listens on (default: all, 0.0.0.0)",
         )
         parser.add_argument(
             "--grace-period",
@@ -77,6 +91,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["log_level"]:
             logging.getLogger("django_relay").setLevel(options["log_level"])
+            signal_handlers.connect()  # DEBUG lines need their receivers
         try:
             if options["queues"]:
                 queues = parse_queues(options["queues"])
@@ -85,6 +100,8 @@ class Command(BaseCommand):
         except ValueError as exc:
             where = "--queues" if options["queues"] else "RELAY['QUEUES']"
             raise CommandError(f"{where}: {exc}") from exc
+        if options["metrics_port"] is not None:
+            self._serve_metrics(options["metrics_host"], options["metrics_port"])
         runner = Runner(queues)
         asyncio.run(self._serve(runner, options["grace_period"]))
         if any(t.name.startswith("relay-job") for t in threading.enumerate()):
@@ -94,6 +111,24 @@ class Command(BaseCommand):
             os._exit(1 if runner.failed else 0)
         if runner.failed:
             raise CommandError("the runner stopped after an internal error (see the log)")
+
+    def _serve_metrics(self, host: str, port: int) -> None:
+        try:
+            from django_relay import metrics
+        except ImportError as exc:
+            raise CommandError(
+                f"--metrics-port needs prometheus-client ({exc}): "
+                "pip install 'django-relay[prometheus]'"
+            ) from exc
+        try:
+            server = metrics.serve(port, host)
+        except OSError as exc:
+            raise CommandError(f"--metrics-port: cannot listen on {host}:{port}: {exc}") from exc
+        metrics.connect()
+        line = f"metrics on http://{host}:{server.server_port}/metrics"
+        logging.getLogger("django_relay").info("%s", line)
+        if not logging.getLogger("django_relay").isEnabledFor(logging.INFO):
+            self.stdout.write(line)
 
     async def _serve(self, runner: Runner, grace: float | None) -> None:
         stopping = asyncio.Event()
