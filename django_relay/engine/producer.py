@@ -111,6 +111,10 @@ class Producer:
                 self._saturated = len(rows) == free
                 if self._saturated:
                     continue  # maybe more: claim again as soon as slots free up
+                if self.limits is not None:
+                    # Maybe held back by a limit: one of our jobs finishing frees
+                    # capacity, so look again then (other runners' finishes: the poll).
+                    self._saturated = True
             # A NOTIFY, a freed slot, landed acks, or the runner stopping wake us.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), settings.FETCH_INTERVAL)
