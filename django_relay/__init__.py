@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # the same names, for type checkers (``x as x``: re-exported)
         cancel_jobs as cancel_jobs,
         retry_jobs as retry_jobs,
     )
-    from django_relay.registry import Cancel as Cancel, Snooze as Snooze
+    from django_relay.registry import Cancel as Cancel, Snooze as Snooze, Unique as Unique
     from django_relay.results import (
         await_many as await_many,
         await_many_sync as await_many_sync,
@@ -60,6 +60,7 @@ _EXPORTS = {
     "worker": "decorators",
     "Cancel": "registry",
     "Snooze": "registry",
+    "Unique": "registry",
     "enqueue_many": "enqueue",
     "aenqueue_many": "enqueue",
     "await_result": "results",

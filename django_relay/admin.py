@@ -556,3 +556,6 @@ class WorkflowRunAdmin(SafeDeleteMixin, admin.ModelAdmin):
             % {"steps": steps, "runs": runs},
             messages.SUCCESS if steps else messages.WARNING,
         )
+
+
+from django_relay import admin_flow  # noqa: E402,F401  (registers the queue and periodic admins)

@@ -189,3 +189,25 @@ def check_channel_layer(app_configs: Any, **kwargs: Any) -> list[Error]:
             )
         ]
     return []
+
+
+@register()
+def check_periodic(app_configs: Any, **kwargs: Any) -> list[Error]:
+    """``RELAY["PERIODIC"]``: valid cron expressions, registered workers, valid options."""
+    relay = getattr(django_settings, "RELAY", {})
+    if not isinstance(relay, dict) or not relay.get("PERIODIC"):
+        return []
+    from django_relay.periodic import parse
+
+    try:
+        parse(relay["PERIODIC"])
+    except ValueError as exc:
+        return [
+            Error(
+                str(exc),
+                hint="Each entry: {'cron': '*/5 * * * *', 'worker': 'app.workers.Name', "
+                "'args': {...}, 'options': {...}, 'timezone': 'Europe/Paris', 'name': ...}.",
+                id="django_relay.E011",
+            )
+        ]
+    return []

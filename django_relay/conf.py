@@ -56,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
     "METRICS": False,
     # Trace enqueue -> process with OpenTelemetry (needs the ``otel`` extra).
     "TRACING": False,
+    # Periodic jobs: a list of {"cron", "worker", "args", "options", "timezone", "name"}.
+    "PERIODIC": [],
 }
 
 

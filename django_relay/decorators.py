@@ -24,6 +24,7 @@ def worker[T: type](
     max_attempts: int = 20,
     priority: int = 0,
     timeout: float | None = None,
+    unique: Any = None,
 ) -> Any:
     """Register a class with a ``process(self, job)`` method as a worker.
 
@@ -35,13 +36,15 @@ def worker[T: type](
         max_attempts: Attempts before a failing job is discarded.
         priority: 0 (runs first) to 9.
         timeout: Seconds an attempt may run before it fails; None for no limit.
+        unique: ``True``, a dict or a :class:`~django_relay.registry.Unique`: enqueueing
+            a duplicate returns the existing job with ``job.conflict`` set.
 
     Raises:
         ValueError: an option is out of range.
         TypeError: the class has no ``process`` method.
     """
     options = make_options(
-        queue=queue, max_attempts=max_attempts, priority=priority, timeout=timeout
+        queue=queue, max_attempts=max_attempts, priority=priority, timeout=timeout, unique=unique
     )
 
     def decorate(klass: T) -> T:

@@ -8,6 +8,8 @@ caller's transaction, and a rollback un-enqueues them.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -20,8 +22,10 @@ from django_relay.conf import settings
 from django_relay.exceptions import EncodeError
 from django_relay.models import Job
 from django_relay.registry import (
+    Unique,
     is_seconds,
     lookup,
+    make_unique,
     options_of,
     validate_max_attempts,
     validate_priority,
@@ -39,8 +43,14 @@ def new(
     scheduled_at: dt.datetime | None = None,
     schedule_in: float | dt.timedelta | None = None,
     meta: Mapping[str, Any] | None = None,
+    unique: Any = None,
 ) -> Job:
-    """Build an unsaved :class:`Job` for this worker (see ``@worker`` for defaults)."""
+    """Build an unsaved :class:`Job` for this worker (see ``@worker`` for defaults).
+
+    Raises:
+        ValueError: an option is invalid (``unique`` naming a key that ``args`` or
+            ``meta`` does not have, among others).
+    """
     options = options_of(klass)
     if args is None:
         args = {}
@@ -71,7 +81,37 @@ def new(
         meta=dict(meta or {}),
     )
     job.scheduled_at = scheduled_at  # type: ignore[assignment]  # None: the database's now()
+    spec = options.unique if unique is None else make_unique(unique)
+    if spec is not None:
+        job.unique_key = unique_key(job, spec)
+        job.unique_states = list(spec.states)
     return job
+
+
+def unique_key(job: Job, spec: Unique) -> str:
+    """The hash two duplicate jobs share: their chosen fields and the period's window.
+
+    Raises:
+        ValueError: ``spec`` names an args or meta key that the job does not have.
+    """
+    chosen: dict[str, Any] = {}
+    for name in spec.fields:
+        value = getattr(job, name)
+        subset = {"args": spec.keys, "meta": spec.meta_keys}.get(name)
+        if subset is not None:
+            missing = [key for key in subset if key not in value]
+            if missing:
+                raise ValueError(
+                    f"unique {'keys' if name == 'args' else 'meta_keys'}: "
+                    f"{name} has no key {missing[0]!r}"
+                )
+            value = {key: value[key] for key in subset}
+        chosen[name] = value
+    if spec.period is not None:
+        # Fixed windows aligned on the epoch: one per ``period`` seconds.
+        chosen["window"] = int(timezone.now().timestamp() // spec.period)
+    text = json.dumps(codec.to_json(chosen), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def enqueue(klass: type, args: Mapping[str, Any] | None = None, **opts: Any) -> Job:
@@ -109,6 +149,8 @@ def encode(job: Job) -> queries.NewJob:
         deps=codec.dumps(list(job.deps)) if job.deps else None,
         ignore_cancelled=job.ignore_cancelled,
         ignore_discarded=job.ignore_discarded,
+        unique_key=job.unique_key,
+        unique_states=codec.dumps(job.unique_states) if job.unique_key else None,
     )
 
 
@@ -116,7 +158,9 @@ def enqueue_many(jobs: Iterable[Job] | Any) -> list[Job]:
     """Insert many jobs (or a workflow's) in one statement; return them saved.
 
     Every job is encoded before anything is sent, so one bad job inserts nothing.
-    The very instances given are saved: each has its ``id`` afterwards.
+    The very instances given are saved: each has its ``id`` afterwards. A unique
+    job whose duplicate exists (or comes earlier in ``jobs``) is not inserted: its
+    instance takes the existing job's id and state, with ``conflict`` set.
 
     Raises:
         EncodeError: a job's args or meta cannot be stored (nothing is inserted).
@@ -136,19 +180,27 @@ def enqueue_many(jobs: Iterable[Job] | Any) -> list[Job]:
         mark_saved(jobs, returned)
     if signals.job_enqueued.receivers:
         for job in jobs:
-            signals.job_enqueued.send(sender=lookup(job.worker), job=job)
+            if not job.conflict:  # a duplicate: nothing was enqueued
+                signals.job_enqueued.send(sender=lookup(job.worker), job=job)
     return jobs
 
 
 def mark_saved(jobs: Iterable[Job], returned: Iterable[tuple[Any, ...]]) -> None:
-    """Give inserted jobs what the INSERT returned: ``(id, state, scheduled_at, inserted_at)``."""
-    for job, (job_id, state, scheduled_at, inserted_at) in zip(jobs, returned, strict=True):
+    """Give inserted jobs what the INSERT returned.
+
+    That is ``(id, state, scheduled_at, inserted_at, conflict)``: with ``conflict``
+    the job was a duplicate and now stands for the existing job.
+    """
+    for job, (job_id, state, scheduled_at, inserted_at, conflict) in zip(
+        jobs, returned, strict=True
+    ):
         job.id, job.state, job.scheduled_at, job.inserted_at = (
             job_id,
             state,
             scheduled_at,
             inserted_at,
         )
+        job.conflict = conflict
         job._state.adding = False
         job._state.db = settings.DATABASE_ALIAS
 

@@ -11,7 +11,12 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from django_relay import codec
-from django_relay.queries import AVAILABLE_CHANNEL, FINISHED_CHANNEL, SIGNAL_CHANNEL
+from django_relay.queries import (
+    AVAILABLE_CHANNEL,
+    FINISHED_CHANNEL,
+    QUEUE_CHANNEL,
+    SIGNAL_CHANNEL,
+)
 
 
 class JobState(models.TextChoices):
@@ -144,6 +149,13 @@ class Job(models.Model):
     )
     ignore_cancelled = models.BooleanField(default=False, db_default=False)
     ignore_discarded = models.BooleanField(default=False, db_default=False)
+    # Unique jobs: a hash of what makes two jobs duplicates (and of the period's
+    # window), under a unique index; the trigger relay_unique_release clears it
+    # once the job leaves ``unique_states``, so a new duplicate may then be inserted.
+    unique_key = models.CharField(  # noqa: DJ001  (NULL: not a unique job)
+        _("unique key"), max_length=64, null=True, blank=True, editable=False
+    )
+    unique_states = _json_field(verbose_name=_("unique in states"), null=True, blank=True)
     # Drawn from a sequence at each claim and never repeated: it fences every write
     # of the attempt (ack, release, reconcile, consuming a signal), so a stale
     # attempt's write matches nothing even after the job is claimed again with the
@@ -151,6 +163,10 @@ class Job(models.Model):
     claim_token = models.BigIntegerField(_("claim token"), null=True, blank=True, editable=False)
 
     objects = JobQuerySet.as_manager()
+
+    #: Set on the instance ``enqueue`` returned: True when a unique job's duplicate
+    #: existed, and the instance now stands for that existing job.
+    conflict = False
 
     class Meta:
         verbose_name = _("job")
@@ -201,10 +217,25 @@ class Job(models.Model):
                 condition=models.Q(workflow__isnull=False),
                 name="relay_job_workflow_step",
             ),
+            models.UniqueConstraint(
+                fields=["unique_key"],
+                condition=models.Q(unique_key__isnull=False),
+                name="relay_job_unique",
+            ),
         ]
         # Payloads carry names and ids only: NOTIFY refuses payloads over 8000
         # bytes, and a refused NOTIFY would abort the UPDATE that raised it.
         triggers = [
+            # The WHEN clause keeps the cost off jobs that are not unique (the hot path).
+            pgtrigger.Trigger(
+                name="relay_unique_release",
+                when=pgtrigger.Before,
+                operation=pgtrigger.Insert | pgtrigger.Update,
+                condition=pgtrigger.Condition(
+                    "NEW.unique_key IS NOT NULL AND NOT (NEW.unique_states ? NEW.state)"
+                ),
+                func="NEW.unique_key := NULL; RETURN NEW;",
+            ),
             pgtrigger.Trigger(
                 name="relay_available_insert",
                 when=pgtrigger.After,
@@ -341,3 +372,96 @@ class WorkflowRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name or 'workflow'} #{self.pk}"
+
+
+class Queue(models.Model):
+    """A queue's run-time settings, shared by every runner: paused, sizes and limits.
+
+    Runners read the row when they start and whenever it changes (a trigger sends
+    a NOTIFY); changes go through :mod:`django_relay.queues`, ``manage.py
+    relayqueue`` or the admin. A queue without a row runs as ``RELAY["QUEUES"]``
+    (or ``--queues``) says, with no limits.
+    """
+
+    name = models.CharField(_("name"), primary_key=True, max_length=64)
+    paused = models.BooleanField(_("paused"), default=False, db_default=False)
+    # Node ids or host names where the queue is paused although ``paused`` is false.
+    paused_nodes = models.JSONField(_("paused on"), default=list, blank=True)
+    # Jobs at once per runner; None: as the runner was started. ``node_limits`` maps
+    # a node id or a host name to its own value.
+    local_limit = models.PositiveIntegerField(_("local limit"), null=True, blank=True)
+    node_limits = models.JSONField(_("per-node limits"), default=dict, blank=True)
+    global_limit = models.PositiveIntegerField(_("global limit"), null=True, blank=True)
+    rate_limit = models.PositiveIntegerField(_("rate limit"), null=True, blank=True)
+    rate_period = models.FloatField(_("rate period (seconds)"), null=True, blank=True)
+    # What the limits count separately: "" (the whole queue), "worker", or "args:KEY".
+    partition = models.CharField(_("partitioned by"), max_length=128, blank=True, default="")
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("queue")
+        verbose_name_plural = _("queues")
+        permissions = [("control_queue", _("Can pause, resume, scale and limit queues"))]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(local_limit__gte=1) | models.Q(local_limit__isnull=True),
+                name="relay_queue_local_limit",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(global_limit__gte=1) | models.Q(global_limit__isnull=True),
+                name="relay_queue_global_limit",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(rate_limit__isnull=True, rate_period__isnull=True)
+                | models.Q(rate_limit__gte=1, rate_period__gt=0),
+                name="relay_queue_rate",
+            ),
+        ]
+        triggers = [
+            pgtrigger.Trigger(
+                name="relay_queue_changed",
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert | pgtrigger.Update,
+                func=_notify(QUEUE_CHANNEL, "NEW.name"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class QueueStart(models.Model):
+    """When a job of a rate-limited queue started: the rate limit's sliding window.
+
+    Written by the limited claim only (queues without a rate limit write nothing)
+    and pruned by it past the window.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    queue = models.CharField(max_length=64)
+    part = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = _("queue start")
+        indexes = [models.Index(fields=["queue", "started_at"], name="relay_queue_start")]
+
+    def __str__(self) -> str:
+        return f"{self.queue} started a job at {self.started_at}"
+
+
+class PeriodicEntry(models.Model):
+    """The last tick of one ``RELAY["PERIODIC"]`` entry: the key that makes ticks unique."""
+
+    name = models.CharField(_("name"), primary_key=True, max_length=255)
+    last_tick = models.DateTimeField(_("last tick"), null=True, blank=True)
+    last_job_id = models.BigIntegerField(_("last job"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated at"), db_default=Now())
+
+    class Meta:
+        verbose_name = _("periodic job")
+        verbose_name_plural = _("periodic jobs")
+        permissions = [("run_periodic", _("Can run periodic jobs now"))]
+
+    def __str__(self) -> str:
+        return self.name

@@ -9,7 +9,7 @@ jobs, with a statement whose text never changes (so it stays prepared).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,28 +36,32 @@ def finished_payload(payload: str) -> tuple[int, str, int] | None:
 
 #: NOTIFY channel (sent by a trigger on ``JobSignal``): payload is the signalled job's id.
 SIGNAL_CHANNEL = "relay_signal"
+#: NOTIFY channel (sent by a trigger on ``Queue``): payload is a queue whose settings changed.
+QUEUE_CHANNEL = "relay_queue"
 
 # -- enqueue (Django's connection, inside the caller's transaction) -----------
 
 _INSERT_JOBS = """
 INSERT INTO django_relay_job ({id_column}worker, queue, state, args, meta, result, errors, attempt,
                               max_attempts, priority, scheduled_at, inserted_at, signal_count,
-                              workflow_id, step, deps, ignore_cancelled, ignore_discarded)
+                              workflow_id, step, deps, ignore_cancelled, ignore_discarded,
+                              unique_key, unique_states)
 SELECT {id_value}r.worker, r.queue,
        coalesce(r.state, CASE WHEN r.scheduled_at > now() THEN 'scheduled' ELSE 'available' END),
        r.args::jsonb, r.meta::jsonb, NULL, '[]'::jsonb, 0,
        r.max_attempts, r.priority, coalesce(r.scheduled_at, now()), now(), 0,
        r.workflow_id, r.step, coalesce(r.deps::jsonb, '[]'::jsonb),
-       coalesce(r.ignore_cancelled, false), coalesce(r.ignore_discarded, false)
+       coalesce(r.ignore_cancelled, false), coalesce(r.ignore_discarded, false),
+       r.unique_key, r.unique_states::jsonb
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::int[],
             %s::timestamptz[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::bool[],
-            %s::bool[], %s::bigint[])
+            %s::bool[], %s::text[], %s::text[], %s::bigint[])
      WITH ORDINALITY AS r(worker, queue, args, meta, max_attempts, priority, scheduled_at,
                           state, workflow_id, step, deps, ignore_cancelled, ignore_discarded,
-                          id, ord)
+                          unique_key, unique_states, id, ord)
 ORDER BY r.ord
 {on_conflict}
-RETURNING id, state, scheduled_at, inserted_at
+RETURNING id, state, scheduled_at, inserted_at, false AS conflict
 """
 INSERT_JOBS = _INSERT_JOBS.format(id_column="", id_value="", on_conflict="")
 #: relay()'s insert: ids reserved beforehand (RESERVE_JOB_IDS), so a try sent again
@@ -72,8 +76,41 @@ SELECT nextval(pg_get_serial_sequence('django_relay_job', 'id')) FROM generate_s
 
 #: The rows of reserved ids that an earlier try of the insert already landed.
 RESERVED_JOBS = """
-SELECT id, state, scheduled_at, inserted_at FROM django_relay_job WHERE id = ANY(%s::bigint[])
+SELECT id, state, scheduled_at, inserted_at, false FROM django_relay_job
+WHERE id = ANY(%s::bigint[])
 """
+
+# One unique job: inserted, or (on a conflict) the existing job it duplicates. The
+# fallback SELECT runs on the statement's snapshot, so it misses a duplicate that
+# committed while the INSERT waited for it: then nothing is returned and the caller
+# runs the statement again (a new snapshot). The key also comes back empty when
+# the duplicate left its unique states meanwhile: then the insert succeeds. With a
+# reserved id (relay), a row with that id is this job's own earlier try: not a
+# conflict, and preferred over the key's row.
+_INSERT_UNIQUE = """
+WITH ins AS ({insert})
+SELECT * FROM ins
+UNION ALL
+(SELECT id, state, scheduled_at, inserted_at, id IS DISTINCT FROM %s::bigint
+ FROM django_relay_job
+ WHERE (unique_key = %s OR id = %s::bigint) AND NOT EXISTS (SELECT 1 FROM ins)
+ ORDER BY id = %s::bigint DESC
+ LIMIT 1)
+"""
+INSERT_UNIQUE = _INSERT_UNIQUE.format(
+    insert=_INSERT_JOBS.format(
+        id_column="",
+        id_value="",
+        on_conflict="ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING",
+    )
+)
+# Either conflict (the id, the key) means "do not insert": no arbiter named.
+INSERT_RESERVED_UNIQUE = _INSERT_UNIQUE.format(
+    insert=_INSERT_JOBS.format(
+        id_column="id, ", id_value="r.id, ", on_conflict="ON CONFLICT DO NOTHING"
+    )
+)
+_UNIQUE_TRIES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +130,8 @@ class NewJob:
     deps: str | None = None
     ignore_cancelled: bool = False
     ignore_discarded: bool = False
+    unique_key: str | None = None
+    unique_states: str | None = None  # encoded JSON list
     #: Reserved beforehand (relay's inserts); None: the next id of the sequence.
     id: int | None = None
 
@@ -101,10 +140,42 @@ def _insert_params(jobs: Sequence[NewJob]) -> list[list[Any]]:
     return [[getattr(job, name) for job in jobs] for name in NewJob.__dataclass_fields__]
 
 
+def _inserting(
+    jobs: Sequence[NewJob], unique: str
+) -> Generator[tuple[str, list[Any]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    # Unique jobs go one per statement, in order, so that a duplicate inside the
+    # batch finds the job inserted before it; each statement is sent back what it
+    # returned (one body for the sync and the async driver).
+    rows: list[tuple[Any, ...]] = []
+    for job in jobs:
+        params = [*_insert_params([job]), job.id, job.unique_key, job.id, job.id]
+        for _ in range(_UNIQUE_TRIES):
+            returned = yield unique, params
+            if returned:
+                break
+        else:
+            raise RuntimeError(f"could not insert or find the unique job {job.unique_key}")
+        rows.extend(returned)
+    return rows
+
+
 def insert_jobs(cursor: Any, jobs: Sequence[NewJob]) -> list[tuple[Any, ...]]:
-    """Insert ``jobs`` in one statement; return ``(id, state, scheduled_at, inserted_at)``."""
-    cursor.execute(INSERT_JOBS, _insert_params(jobs))
-    return list(cursor.fetchall())
+    """Insert ``jobs``; return ``(id, state, scheduled_at, inserted_at, conflict)`` of each.
+
+    A unique job whose duplicate exists is not inserted: its row is the existing
+    job's, with ``conflict`` true. Jobs that are not unique go in one statement.
+    """
+    if not any(job.unique_key for job in jobs):
+        cursor.execute(INSERT_JOBS, _insert_params(jobs))
+        return list(cursor.fetchall())
+    steps, returned = _inserting(jobs, INSERT_UNIQUE), None
+    try:
+        while True:
+            statement, params = steps.send(returned)  # type: ignore[arg-type]
+            cursor.execute(statement, params)
+            returned = list(cursor.fetchall())
+    except StopIteration as done:
+        return done.value
 
 
 async def reserve_job_ids(conn: AsyncConnection, count: int) -> list[int]:
@@ -121,9 +192,19 @@ async def ainsert_reserved_jobs(
 
     Safe to repeat: a job whose id is already in the table (an earlier try landed
     and its reply was lost) is not inserted again, and the row returned for it is
-    the one that landed. Rows come back in the order of ``jobs``.
+    the one that landed. Rows come back in the order of ``jobs``; a unique job's
+    duplicate is returned as for :func:`insert_jobs`.
     """
     async with conn.cursor() as cur:
+        if any(job.unique_key for job in jobs):
+            steps, returned = _inserting(jobs, INSERT_RESERVED_UNIQUE), None
+            try:
+                while True:
+                    statement, params = steps.send(returned)  # type: ignore[arg-type]
+                    await cur.execute(statement, params)
+                    returned = await cur.fetchall()
+            except StopIteration as done:
+                return done.value
         await cur.execute(INSERT_RESERVED_JOBS, _insert_params(jobs))
         rows = await cur.fetchall()
         if len(rows) < len(jobs):
@@ -161,10 +242,20 @@ JOB_COLUMNS = (
     "deps",
     "ignore_cancelled",
     "ignore_discarded",
+    "unique_key",
+    "unique_states",
     "claim_token",
 )
 
-CLAIM = """
+_CLAIMED = """j.id, j.worker, j.queue, j.state, j.args::text, j.meta::text, NULL AS result,
+          j.errors::text, j.attempt, j.max_attempts, j.priority,
+          least(greatest(j.scheduled_at, '0001-01-02'), '9999-12-30') AS scheduled_at,
+          least(greatest(j.inserted_at, '0001-01-02'), '9999-12-30') AS inserted_at,
+          j.attempted_at, j.finished_at, j.signal_count, j.attempted_by,
+          j.workflow_id, j.step, j.deps::text, j.ignore_cancelled, j.ignore_discarded,
+          j.unique_key, NULL AS unique_states, j.claim_token"""
+
+CLAIM = f"""
 WITH next AS (
     SELECT id FROM django_relay_job
     WHERE state = 'available' AND queue = %s
@@ -178,13 +269,7 @@ WITH next AS (
     FROM next WHERE j.id = next.id
     -- Timestamps clamped to what Python holds: one row written with '-infinity'
     -- would fail loading the whole batch (which reconcile then gave back, for ever).
-    RETURNING j.id, j.worker, j.queue, j.state, j.args::text, j.meta::text, NULL AS result,
-              j.errors::text, j.attempt, j.max_attempts, j.priority,
-              least(greatest(j.scheduled_at, '0001-01-02'), '9999-12-30') AS scheduled_at,
-              least(greatest(j.inserted_at, '0001-01-02'), '9999-12-30') AS inserted_at,
-              j.attempted_at, j.finished_at, j.signal_count, j.attempted_by,
-              j.workflow_id, j.step, j.deps::text, j.ignore_cancelled, j.ignore_discarded,
-              j.claim_token
+    RETURNING {_CLAIMED}
 )
 -- RETURNING follows the join's order (a merge join on id for big batches), not the
 -- claim's: sort again so a batch starts in priority order.
@@ -196,6 +281,105 @@ async def claim(conn: AsyncConnection, queue: str, limit: int, node: str) -> lis
     """Lock and mark up to ``limit`` available jobs of ``queue`` as ours."""
     async with conn.cursor() as cur:
         await cur.execute(CLAIM, (queue, limit, node))
+        return await cur.fetchall()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """Limits a queue's claims hold across every runner (see ``Queue``)."""
+
+    global_limit: int | None = None
+    rate_limit: int | None = None
+    rate_period: float | None = None
+    partition: str = ""  # "", "worker" or "args:KEY"
+
+
+# A limited queue's claims take turns on a transaction-level advisory lock: the
+# next claim starts (and takes its snapshot) only once the previous one committed,
+# so what it counts (jobs executing, starts in the window) includes every claim
+# before it, on any runner. Queues without limits never take it.
+LOCK_QUEUE = "SELECT pg_advisory_xact_lock(hashtextextended('django_relay.queue:' || %s, 0))"
+
+PRUNE_STARTS = """
+DELETE FROM django_relay_queuestart
+WHERE queue = %s AND started_at <= clock_timestamp() - %s * interval '1 second'
+"""
+
+_PART = """coalesce(CASE WHEN %(partition)s = 'worker' THEN {t}.worker
+                    WHEN %(partition)s LIKE 'args:%%' THEN {t}.args ->> substr(%(partition)s, 6)
+               END, '')"""
+
+# The jobs that fit: ranked within their partition, a job fits when what is already
+# executing (global limit) or started in the window (rate limit) plus its rank is
+# within the limit. Only the first ``scan`` available jobs are ranked, which bounds
+# the cost; a backlog of jobs over their partition's limit beyond that many can
+# hold back other partitions' jobs behind it (README, "Limits across runners").
+CLAIM_LIMITED = f"""
+WITH executing AS (
+    SELECT {_PART.format(t="j")} AS part, count(*) AS n FROM django_relay_job AS j
+    WHERE j.state = 'executing' AND j.queue = %(queue)s GROUP BY 1
+), started AS (
+    SELECT s.part, count(*) AS n FROM django_relay_queuestart AS s
+    WHERE s.queue = %(queue)s
+      AND s.started_at > clock_timestamp() - %(period)s::float8 * interval '1 second'
+    GROUP BY 1
+), candidates AS (
+    SELECT j.id, j.priority, j.scheduled_at, {_PART.format(t="j")} AS part
+    FROM django_relay_job AS j
+    WHERE j.state = 'available' AND j.queue = %(queue)s
+    ORDER BY j.priority, j.scheduled_at, j.id
+    LIMIT %(scan)s
+), ranked AS (
+    SELECT c.*, row_number() OVER (PARTITION BY c.part
+                                   ORDER BY c.priority, c.scheduled_at, c.id) AS rank
+    FROM candidates AS c
+), fitting AS (
+    SELECT r.id, r.part FROM ranked AS r
+    LEFT JOIN executing AS e ON e.part = r.part
+    LEFT JOIN started AS s ON s.part = r.part
+    WHERE (%(global_limit)s::int IS NULL OR coalesce(e.n, 0) + r.rank <= %(global_limit)s)
+      AND (%(rate_limit)s::int IS NULL OR coalesce(s.n, 0) + r.rank <= %(rate_limit)s)
+    ORDER BY r.priority, r.scheduled_at, r.id
+    LIMIT %(limit)s
+), next AS (
+    SELECT j.id FROM django_relay_job AS j
+    WHERE j.id IN (SELECT id FROM fitting) AND j.state = 'available'
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE django_relay_job AS j
+    SET state = 'executing', attempt = j.attempt + 1, attempted_at = clock_timestamp(),
+        attempted_by = %(node)s, claim_token = nextval('django_relay_job_claim_token_seq')
+    FROM next WHERE j.id = next.id
+    RETURNING {_CLAIMED}
+), ledger AS (
+    INSERT INTO django_relay_queuestart (queue, part, started_at)
+    SELECT %(queue)s, f.part, c.attempted_at FROM claimed AS c JOIN fitting AS f ON f.id = c.id
+    WHERE %(rate_limit)s::int IS NOT NULL
+)
+SELECT * FROM claimed ORDER BY priority, scheduled_at, id
+"""
+_LIMITED_SCAN = 1000
+
+
+async def claim_limited(
+    conn: AsyncConnection, queue: str, limit: int, node: str, limits: QueueLimits
+) -> list[tuple]:
+    """:func:`claim` for a queue with limits: at most what they leave room for."""
+    params = {
+        "queue": queue,
+        "limit": limit,
+        "node": node,
+        "scan": max(_LIMITED_SCAN, limit),
+        "global_limit": limits.global_limit,
+        "rate_limit": limits.rate_limit,
+        "period": limits.rate_period,
+        "partition": limits.partition,
+    }
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(LOCK_QUEUE, (queue,))
+        if limits.rate_limit is not None:
+            await cur.execute(PRUNE_STARTS, (queue, limits.rate_period))
+        await cur.execute(CLAIM_LIMITED, params)
         return await cur.fetchall()
 
 
@@ -786,3 +970,119 @@ def runners(cursor: Any) -> list[tuple]:
     """``(id, hostname, queues_json, started_at, heartbeat_age_s, executing)`` per runner."""
     cursor.execute(RUNNERS)
     return list(cursor.fetchall())
+
+
+# -- queues (their run-time settings) ------------------------------------------------
+
+ENSURE_QUEUES = """
+INSERT INTO django_relay_queue (name, paused, paused_nodes, node_limits, partition, updated_at)
+SELECT unnest(%s::text[]), false, '[]', '{}', '', now()
+ON CONFLICT (name) DO NOTHING
+"""
+
+QUEUE_ROWS = """
+SELECT name, paused, paused_nodes, local_limit, node_limits, global_limit, rate_limit,
+       rate_period, partition
+FROM django_relay_queue WHERE name = ANY(%s::text[])
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """A ``Queue`` row as the runner reads it."""
+
+    name: str
+    paused: bool = False
+    paused_nodes: list[str] = field(default_factory=list)
+    local_limit: int | None = None
+    node_limits: dict[str, int] = field(default_factory=dict)
+    global_limit: int | None = None
+    rate_limit: int | None = None
+    rate_period: float | None = None
+    partition: str = ""
+
+
+async def queue_rows(conn: AsyncConnection, names: Sequence[str]) -> list[QueueRow]:
+    """The rows of queues ``names``, creating the missing ones (so the admin lists them)."""
+    async with conn.cursor() as cur:
+        await cur.execute(ENSURE_QUEUES, (list(names),))
+        await cur.execute(QUEUE_ROWS, (list(names),))
+        return [QueueRow(*row) for row in await cur.fetchall()]
+
+
+# Each change creates the row if needed, then updates it: the trigger tells runners.
+# A change for every runner (no node) also drops the per-node values it overrides.
+PAUSE_QUEUE = """
+UPDATE django_relay_queue SET
+    paused = CASE WHEN %(node)s::text IS NULL THEN %(paused)s ELSE paused END,
+    paused_nodes = CASE
+        WHEN %(node)s::text IS NULL THEN '[]'::jsonb
+        WHEN %(paused)s THEN (paused_nodes - %(node)s::text) || to_jsonb(%(node)s::text)
+        ELSE paused_nodes - %(node)s::text END,
+    updated_at = now()
+WHERE name = %(name)s
+"""
+
+SCALE_QUEUE = """
+UPDATE django_relay_queue SET
+    local_limit = CASE WHEN %(node)s::text IS NULL THEN %(limit)s ELSE local_limit END,
+    node_limits = CASE WHEN %(node)s::text IS NULL THEN '{}'::jsonb
+                  ELSE node_limits || jsonb_build_object(%(node)s::text, %(limit)s) END,
+    updated_at = now()
+WHERE name = %(name)s
+"""
+
+LIMIT_QUEUE = """
+UPDATE django_relay_queue SET
+    global_limit = %(global_limit)s, rate_limit = %(rate_limit)s,
+    rate_period = %(rate_period)s, partition = %(partition)s, updated_at = now()
+WHERE name = %(name)s
+"""
+
+
+def change_queue(cursor: Any, statement: str, params: dict[str, Any]) -> None:
+    """Run one of the queue changes above on queue ``params["name"]``."""
+    cursor.execute(ENSURE_QUEUES, ([params["name"]],))
+    cursor.execute(statement, params)
+
+
+# -- periodic jobs -------------------------------------------------------------------
+
+ENSURE_PERIODIC = """
+INSERT INTO django_relay_periodicentry (name, updated_at) SELECT unnest(%s::text[]), now()
+ON CONFLICT (name) DO NOTHING
+"""
+
+PERIODIC_TICKS = """
+SELECT name, last_tick FROM django_relay_periodicentry WHERE name = ANY(%s::text[])
+"""
+
+# Moves ``last_tick`` forward only. Two runners taking the same tick: the second
+# waits for the first's row lock, then re-checks the WHERE on the committed row
+# (tick no longer newer) and updates nothing, so it returns no row.
+TAKE_TICK = """
+INSERT INTO django_relay_periodicentry AS p (name, last_tick, updated_at)
+VALUES (%s, %s, now())
+ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick, updated_at = now()
+WHERE p.last_tick IS NULL OR p.last_tick < excluded.last_tick
+RETURNING name
+"""
+
+RECORD_TICK_JOB = "UPDATE django_relay_periodicentry SET last_job_id = %s WHERE name = %s"
+
+
+def periodic_ticks(cursor: Any, names: Sequence[str]) -> list[tuple[str, datetime | None]]:
+    """``(name, last_tick)`` of these entries, creating the rows they lack."""
+    cursor.execute(ENSURE_PERIODIC, (list(names),))
+    cursor.execute(PERIODIC_TICKS, (list(names),))
+    return list(cursor.fetchall())
+
+
+def take_tick(cursor: Any, name: str, tick: datetime) -> bool:
+    """Whether this caller takes ``tick`` of entry ``name`` (then it enqueues the job)."""
+    cursor.execute(TAKE_TICK, (name, tick))
+    return cursor.fetchone() is not None
+
+
+def record_tick_job(cursor: Any, name: str, job_id: int) -> None:
+    cursor.execute(RECORD_TICK_JOB, (job_id, name))

@@ -62,6 +62,7 @@ class WorkerOptions:
     max_attempts: int = 20
     priority: int = 0
     timeout: float | None = None
+    unique: Unique | None = None
 
 
 def validate_queue(queue: object) -> str:
@@ -89,7 +90,12 @@ def validate_max_attempts(max_attempts: object) -> int:
 
 
 def make_options(
-    *, queue: object, max_attempts: object, priority: object, timeout: object
+    *,
+    queue: object,
+    max_attempts: object,
+    priority: object,
+    timeout: object,
+    unique: object = None,
 ) -> WorkerOptions:
     """Validated ``@worker`` options.
 
@@ -101,6 +107,7 @@ def make_options(
         max_attempts=validate_max_attempts(max_attempts),
         priority=validate_priority(priority),
         timeout=validate_timeout(timeout),
+        unique=make_unique(unique),
     )
 
 
@@ -162,3 +169,68 @@ def options_of(klass: type) -> WorkerOptions:
         return klass.__relay_options__  # type: ignore[attr-defined]
     except AttributeError:
         raise WorkerError(f"{klass.__qualname__} is not a @worker class") from None
+
+
+#: States a unique job stays unique in by default: every state it may still run from.
+UNIQUE_STATES = ("available", "scheduled", "executing", "retryable", "suspended")
+_ALL_STATES = (*UNIQUE_STATES, "completed", "discarded", "cancelled")
+_UNIQUE_FIELDS = ("worker", "queue", "args", "meta")
+
+
+@dataclass(frozen=True, slots=True)
+class Unique:
+    """What makes two jobs duplicates (``@worker(unique=...)``, ``new(unique=...)``).
+
+    Two jobs are duplicates when their ``fields`` are equal (for ``args`` only the
+    ``keys`` given, for ``meta`` only the ``meta_keys`` given; None: all of it), they were enqueued
+    in the same ``period`` (fixed windows of that many seconds; None: any time),
+    and the first is still in one of ``states``.
+    """
+
+    period: float | None = None
+    fields: tuple[str, ...] = ("worker", "queue", "args")
+    keys: tuple[str, ...] | None = None
+    meta_keys: tuple[str, ...] | None = None
+    states: tuple[str, ...] = UNIQUE_STATES
+
+
+def make_unique(unique: object) -> Unique | None:
+    """``unique`` as given to ``@worker``/``new()`` (None, True, a dict or a ``Unique``).
+
+    Raises:
+        ValueError: naming the ``unique`` option that is wrong.
+    """
+    if unique is None or unique is False:
+        return None
+    if unique is True:
+        return Unique()
+    if isinstance(unique, dict):
+        try:
+            unique = Unique(**unique)
+        except TypeError as exc:
+            raise ValueError(f"unique: {exc}") from None
+    if not isinstance(unique, Unique):
+        raise ValueError(f"unique must be True, a dict or a Unique, not {unique!r}")
+    period = unique.period
+    if period is not None and (not is_seconds(period) or period <= 0):
+        raise ValueError(f"unique period must be a positive number of seconds, not {period!r}")
+
+    def names(option: str, value: object, allowed: tuple[str, ...] | None) -> tuple[str, ...]:
+        if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+            raise ValueError(f"unique {option} must be a list of names, not {value!r}")
+        for name in value:
+            if not isinstance(name, str) or (allowed is not None and name not in allowed):
+                raise ValueError(f"unique {option}: unknown name {name!r}")
+        return tuple(value)
+
+    fields = names("fields", unique.fields, _UNIQUE_FIELDS)
+    if "worker" not in fields:
+        fields = ("worker", *fields)  # a key never spans two workers
+    keys = None if unique.keys is None else names("keys", unique.keys, None)
+    meta_keys = None if unique.meta_keys is None else names("meta_keys", unique.meta_keys, None)
+    if meta_keys and "meta" not in fields:
+        fields = (*fields, "meta")  # naming meta keys makes meta count
+    states = names("states", unique.states, _ALL_STATES)
+    if not states:
+        raise ValueError("unique states must name at least one state")
+    return Unique(float(period) if period is not None else None, fields, keys, meta_keys, states)

@@ -260,9 +260,10 @@ async def _relay_job(
         mark_saved([job], [saved])
     try:
         try:
-            if signals.job_enqueued.receivers:
+            # A duplicate of a unique job enqueued nothing: say nothing.
+            if signals.job_enqueued.receivers and not job.conflict:
                 await signals.job_enqueued.asend(sender=lookup(job.worker), job=job)
-            if on_enqueued is not None:
+            if on_enqueued is not None and not job.conflict:
                 await on_enqueued(job)
         except BaseException:
             _forget(registry, [waiter])  # cancelled, or a receiver raised

@@ -97,6 +97,8 @@ class Workflow:
                 f"{next(s.name for s in self.steps.values() if s.job is job)!r}"
             )
         job._relay_workflow = self  # type: ignore[attr-defined]
+        # A step is never unique: a duplicate would stand for a job outside this run.
+        job.unique_key = job.unique_states = None
         deps = (deps,) if isinstance(deps, str) else tuple(deps)
         self.steps[name] = _Step(name, job, deps, ignore_cancelled, ignore_discarded)
         return self

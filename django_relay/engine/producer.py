@@ -73,6 +73,15 @@ class Producer:
         # that frees up is a reason to claim again. Otherwise the queue was drained
         # and only a NOTIFY (or the poll) brings news.
         self._saturated = False
+        # Run-time settings from the queue's row (see engine.control): a paused
+        # producer claims nothing; with limits it claims through the limited claim.
+        self.paused = False
+        self.limits: queries.QueueLimits | None = None
+
+    def apply(self, paused: bool, limit: int, limits: queries.QueueLimits | None) -> None:
+        """Take new run-time settings; they count from the next claim."""
+        self.paused, self.limit, self.limits = paused, limit, limits
+        self._wake.set()
 
     def wake(self) -> None:
         """Look for work now (a NOTIFY came, or a slot was freed)."""
@@ -91,15 +100,21 @@ class Producer:
             # claiming never outruns writing outcomes (backpressure on a slow acker).
             backlog = max(len(self._acker.unsettled) - self.limit, 0)
             free = self.limit - len(self.running) - backlog
-            if free <= 0:
+            if self.paused:
+                self._saturated = False  # running jobs finish; resuming wakes us
+            elif free <= 0:
                 self._saturated = True  # woken when a slot frees or acks land
             else:
-                rows = await self._claim(self.queue, free)
+                rows = await self._claim(self.queue, free, self.limits)
                 for row in rows:
                     self._start(row)
                 self._saturated = len(rows) == free
                 if self._saturated:
                     continue  # maybe more: claim again as soon as slots free up
+                if self.limits is not None:
+                    # Maybe held back by a limit: one of our jobs finishing frees
+                    # capacity, so look again then (other runners' finishes: the poll).
+                    self._saturated = True
             # A NOTIFY, a freed slot, landed acks, or the runner stopping wake us.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), settings.FETCH_INTERVAL)

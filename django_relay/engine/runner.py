@@ -9,12 +9,14 @@ import socket
 import uuid
 from collections.abc import Callable
 
-from django_relay import queries, signals
+from django_relay import periodic, queries, signals
 from django_relay.conf import settings
 from django_relay.engine import executor
 from django_relay.engine.acker import Acker
+from django_relay.engine.control import QueueControl
 from django_relay.engine.lifeline import Heartbeat, Lifeline
 from django_relay.engine.producer import Producer
+from django_relay.engine.scheduler import Scheduler
 from django_relay.engine.threads import JobThreads
 from django_relay.listener.notifier import get_notifier
 from django_relay.pg import Link
@@ -45,6 +47,9 @@ class Runner:
             )
             for name, limit in self.queues.items()
         }
+        self.control = QueueControl(self.node, self.producers, self.queues)
+        entries = periodic.entries()
+        self.scheduler = Scheduler(entries) if entries else None
         self.failed = False
         self.lifeline = Lifeline(self.node, reconcile=self._reconcile)
         self.heartbeat = Heartbeat(self.node, self.queues)
@@ -58,11 +63,17 @@ class Runner:
         running = [token for p in self.producers.values() for token in p.running]
         return [*running, *self.acker.unsettled]
 
-    async def _claim(self, queue: str, limit: int) -> list[tuple]:
+    async def _claim(
+        self, queue: str, limit: int, limits: queries.QueueLimits | None = None
+    ) -> list[tuple]:
         async with self._claim_lock:
             try:
+                if limits is None:  # the hot path: no lock, no counting
+                    return await self._claims.run(
+                        lambda conn: queries.claim(conn, queue, limit, self.node)
+                    )
                 return await self._claims.run(
-                    lambda conn: queries.claim(conn, queue, limit, self.node)
+                    lambda conn: queries.claim_limited(conn, queue, limit, self.node, limits)
                 )
             except asyncio.CancelledError:
                 raise
@@ -118,19 +129,31 @@ class Runner:
         def on_available(queue: str) -> None:
             loop.call_soon_threadsafe(self._wake, queue)
 
+        def on_queue_changed(queue: str) -> None:
+            loop.call_soon_threadsafe(self.control.changed)
+
         def on_reconnect() -> None:
             # A reconnected listener may have missed notifications: look again.
             loop.call_soon_threadsafe(self._wake_all)
+            loop.call_soon_threadsafe(self.control.changed)
 
         unlisten = notifier.listen(queries.AVAILABLE_CHANNEL, on_available)
+        unlisten_queues = notifier.listen(queries.QUEUE_CHANNEL, on_queue_changed)
         notifier.on_reconnect(on_reconnect)
         await self.heartbeat.start()  # our node exists before we own any job
+        await self.control.refresh()  # a paused queue starts nothing, even at start
         self.acker.start()
         workers = [
             asyncio.create_task(p.run(stopping), name=f"relay-producer-{p.queue}")
             for p in self.producers.values()
         ]
         upkeep = asyncio.create_task(self.lifeline.run(stopping), name="relay-lifeline")
+        control = asyncio.create_task(self.control.run(stopping), name="relay-queue-control")
+        services = [control]
+        if self.scheduler is not None:
+            services.append(
+                asyncio.create_task(self.scheduler.run(stopping), name="relay-scheduler")
+            )
         logger.info("%s", self.ready_line())
         if on_ready is not None:
             on_ready()
@@ -139,7 +162,7 @@ class Runner:
             # linger as a runner that heartbeats but runs nothing.
             stop = asyncio.create_task(stopping.wait())
             done, _ = await asyncio.wait(
-                {stop, *workers, upkeep}, return_when=asyncio.FIRST_COMPLETED
+                {stop, *workers, upkeep, *services}, return_when=asyncio.FIRST_COMPLETED
             )
             crashed = [] if stopping.is_set() else [t for t in done if t is not stop]
             if crashed:
@@ -154,6 +177,10 @@ class Runner:
             stop.cancel()
         finally:
             unlisten()
+            unlisten_queues()
+            self.control.changed()  # wakes its loop, which sees ``stopping``
+            await asyncio.gather(*services, return_exceptions=True)
+            await self.control.close()
             await self._stop(workers, upkeep, settings.GRACE_PERIOD if grace is None else grace)
 
     async def _stop(

@@ -25,7 +25,12 @@ from psycopg import sql
 
 from django_relay import pg
 from django_relay.conf import settings
-from django_relay.queries import AVAILABLE_CHANNEL, FINISHED_CHANNEL, SIGNAL_CHANNEL
+from django_relay.queries import (
+    AVAILABLE_CHANNEL,
+    FINISHED_CHANNEL,
+    QUEUE_CHANNEL,
+    SIGNAL_CHANNEL,
+)
 
 logger = logging.getLogger("django_relay")
 
@@ -33,7 +38,7 @@ Handler = Callable[[str], None]
 PROBE_CHANNEL = "relay_probe"
 #: How long the pump waits for notifications before looking after its channels.
 _TICK = 0.05
-CHANNELS = (AVAILABLE_CHANNEL, FINISHED_CHANNEL, SIGNAL_CHANNEL)
+CHANNELS = (AVAILABLE_CHANNEL, FINISHED_CHANNEL, SIGNAL_CHANNEL, QUEUE_CHANNEL)
 
 
 class Notifier:
