@@ -189,15 +189,21 @@ def _from_object(obj: dict[str, Any]) -> Any:
         raise DecodeError(f"malformed {tag!r} value: {exc}") from exc
 
 
+# One encoder for every call: json.dumps() with options builds a new one each time.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any, *, limit: int | None = None, what: str = "value") -> str:
     """Encode ``value`` to JSON text, refusing it if it exceeds ``limit`` bytes.
 
     Raises:
         EncodeError: the value is not serializable, or is too large.
     """
-    text = json.dumps(to_json(value, what), separators=(",", ":"), ensure_ascii=False)
+    # Most jobs' meta is {}: nothing to walk or encode.
+    empty = type(value) is dict and not value
+    text = "{}" if empty else _ENCODER.encode(to_json(value, what))
     if limit is not None:
-        size = len(text.encode())
+        size = len(text) if text.isascii() else len(text.encode())
         if size > limit:
             raise TooLarge(f"{what} is {size} bytes encoded; the limit is {limit}", size, limit)
     return text

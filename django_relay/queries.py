@@ -280,7 +280,12 @@ SELECT * FROM claimed ORDER BY priority, scheduled_at, id
 async def claim(conn: AsyncConnection, queue: str, limit: int, node: str) -> list[tuple]:
     """Lock and mark up to ``limit`` available jobs of ``queue`` as ours."""
     async with conn.cursor() as cur:
-        await cur.execute(CLAIM, (queue, limit, node))
+        # Never prepared: a plan cached while the queue was empty (a drained queue,
+        # just analysed) is a sequential scan inside a nested loop, and a server keeps
+        # it until the next ANALYZE: a burst then costs hundreds of ms per claim. An
+        # unnamed statement is planned at each claim, for the table as it is now
+        # (planning costs less than the measurement noise of one claim's commit).
+        await cur.execute(CLAIM, (queue, limit, node), prepare=False)
         return await cur.fetchall()
 
 

@@ -151,6 +151,33 @@ async def test_claim_takes_at_most_limit(conn):
     assert states == ["executing", "executing", "available", "available", "available"]
 
 
+async def test_claim_plan_stays_on_the_fetch_index_after_an_empty_analyze_and_a_burst(conn):
+    """The claim's plan never depends on statistics taken while the queue was empty.
+
+    A plan cached while the table was empty (a drained queue, just analysed) is a
+    sequential scan and a nested loop over the whole table: once a burst lands, each
+    claim of 100 scanned the table 100 times. ``auto_explain`` reports the plan of
+    the claim exactly as the runner executes it; generic plans are forced, so a
+    prepared claim would reuse the one made while the table was empty.
+    """
+    plans: list[str] = []
+    conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    await conn.execute("LOAD 'auto_explain'")
+    await conn.execute("SET auto_explain.log_min_duration = 0")
+    await conn.execute("SET client_min_messages = log")
+    await conn.execute("ANALYZE django_relay_job")
+    for _ in range(10):  # more than psycopg's prepare threshold and the server's 5 custom plans
+        assert await queries.claim(conn, "burst", 100, ME) == []
+    await sync_to_async(JobFactory.create_batch)(2000, queue="burst")
+
+    plans.clear()
+    assert len(await queries.claim(conn, "burst", 100, ME)) == 100
+    [plan] = [text for text in plans if "claim_token_seq" in text]
+    assert "relay_job_fetch" in plan
+    assert "Seq Scan" not in plan
+
+
 async def test_claim_takes_only_the_given_queue(conn):
     mine = [await make(queue="mail"), await make(queue="mail")]
     theirs = await make(queue="default")

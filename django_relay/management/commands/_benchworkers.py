@@ -14,6 +14,12 @@ class NoopWorker:
 
 
 @worker(queue="relaybench")
+class SyncNoopWorker:
+    def process(self, job: Any) -> None:
+        return None
+
+
+@worker(queue="relaybench")
 class AddWorker:
     async def process(self, job: Any) -> Any:
         return job.args["a"] + job.args["b"]

@@ -1,36 +1,73 @@
 """``manage.py relaybench``: relay latency and throughput, as ratios to a raw floor.
 
-Every figure is measured in the same run as the raw psycopg floor it is compared
-with, and reported as the median of ``--runs`` runs. The floor does the minimal
-SQL of a round trip on the same table and triggers, with no framework: insert a
-job, a LISTENing worker connection is woken and claims it, completes it, and the
-LISTENing client is woken and reads the result.
+Every figure is measured in the same run as what it is compared with (the raw
+psycopg floor, plain-job throughput, pgqueuer), and reported as the median of
+``--runs`` runs with their spread. The floor does the minimal SQL of a round trip
+on the same table and triggers, with no framework: insert a job, a LISTENing
+worker connection is woken and claims it, completes it, and the LISTENing client
+is woken and reads the result. It is the one place with raw SQL outside
+``django_relay.queries``: it measures the SQL itself, not the library.
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import json
 import os
+import random
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from asgiref.sync import sync_to_async
 from django.core.management.base import BaseCommand, CommandParser
 
 from django_relay import pg, queries
+from django_relay.enqueue import enqueue_many
 from django_relay.management.commands._benchworkers import (
     AddWorker as _AddWorker,
     NoopWorker as _NoopWorker,
+    SyncNoopWorker as _SyncNoopWorker,
 )
-from django_relay.models import Job
+from django_relay.models import Job, WorkflowRun
+from django_relay.workflow import Workflow
 
 QUEUE = "relaybench"
+PGQ_SCHEMA = "relaybench_pgq"
+_PGQ_CONSUMER = (sys.executable, "-m", "django_relay.management.commands._benchpgq")
+_PYSPY = ("py-spy", "record", "--nonblocking", "--pid")
 # @worker adds new/relay/... at run time, which type checkers cannot see.
 AddWorker: Any = _AddWorker
 NoopWorker: Any = _NoopWorker
+SyncNoopWorker: Any = _SyncNoopWorker
+
+#: What each figure means (printed with the table; README "Performance").
+FIGURES = {
+    "floor_idle_p50_ms": "raw floor round trip from idle (random gap before each), median",
+    "floor_idle_p99_ms": "raw floor round trip from idle, p99",
+    "relay_idle_p50_ms": "relay() round trip from idle (same gaps), median",
+    "relay_idle_p99_ms": "relay() round trip from idle, p99",
+    "relay_idle_vs_floor": "relay_idle_p50 / floor_idle_p50 (bar: <= 1.4)",
+    "relay_idle_p99_vs_floor_p99": "relay_idle_p99 / floor_idle_p99 (bar: <= 2)",
+    "floor_b2b_p50_ms": "raw floor round trip back to back, median",
+    "relay_b2b_p50_ms": "relay() back to back, median",
+    "relay_b2b_vs_floor": "relay_b2b_p50 / floor_b2b_p50",
+    "concurrent_relays_per_s": "relays/s, --concurrent relays gathered in one process",
+    "many_relays_per_s": "relays/s, --many-concurrent relays gathered (one LISTEN connection)",
+    "rss_growth_mb": "peak RSS growth of the bench process during --many-concurrent relays",
+    "rss_per_waiter_kb": "rss_growth_mb per waiter",
+    "enqueue_many_per_s": "jobs/s inserted by one enqueue_many() of --enqueue built jobs",
+    "workflow_steps_per_s": "steps/s of a fan-out/fan-in workflow of --workflow steps",
+    "workflow_vs_plain": "workflow_steps_per_s / async no-op jobs/s at the highest concurrency",
+}
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -38,21 +75,57 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
 class Command(BaseCommand):
-    help = "Measure relay latency and throughput against a raw psycopg floor."
+    help = "Measure relay latency and throughput against a raw floor (and pgqueuer)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--runs", type=int, default=3)
-        parser.add_argument("--relays", type=int, default=300, help="sequential relays per run")
+        parser.add_argument("--relays", type=int, default=200, help="sequential relays per run")
+        parser.add_argument(
+            "--gap",
+            default="10,60",
+            help="min,max ms of the random pause before each idle round trip",
+        )
         parser.add_argument("--concurrent", type=int, default=1000)
-        parser.add_argument("--noop", type=int, default=20_000, help="no-op jobs per run")
+        parser.add_argument("--many-concurrent", type=int, default=10_000, help="0 skips the phase")
+        parser.add_argument(
+            "--noop", type=int, default=5000, help="pre-enqueued no-op jobs per throughput figure"
+        )
         parser.add_argument(
             "--concurrency",
-            type=int,
-            default=200,
-            help="the runner's concurrency on the bench queue",
+            default="50,200",
+            help="runner concurrencies for the no-op throughput (comma-separated)",
+        )
+        parser.add_argument("--sync-concurrency", type=int, default=50)
+        parser.add_argument("--enqueue", type=int, default=5000, help="jobs per enqueue_many")
+        parser.add_argument("--workflow", type=int, default=1000, help="steps; 0 skips")
+        parser.add_argument(
+            "--pgqueuer",
+            choices=["auto", "yes", "no"],
+            default="auto",
+            help="run pgqueuer side by side (auto: when the bench extra is installed)",
+        )
+        parser.add_argument(
+            "--pgqueuer-batch",
+            default="10,25,100",
+            help="pgqueuer batch sizes to try; each figure keeps the best",
         )
         parser.add_argument("--json", action="store_true", help="print JSON only")
+        parser.add_argument(
+            "--profile",
+            metavar="DIR",
+            help="write cProfile files of the bench and of its runner (and a py-spy "
+            "flame graph of the runner if py-spy is installed) into DIR",
+        )
         parser.add_argument(
             "--runner-log-level",
             default="WARNING",
@@ -60,87 +133,282 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        Job.objects.filter(queue=QUEUE).delete()
-        self.runner_log_level = options["runner_log_level"]
-        runner = self._start_runner(options["concurrency"])
+        self.options = options
+        self.concurrencies = _ints(options["concurrency"])
+        self.profile_dir = Path(options["profile"]) if options["profile"] else None
+        if self.profile_dir:
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
+        self.pgqueuer = self._pgqueuer_wanted(options["pgqueuer"])
+        Job.objects.filter(queue__startswith=QUEUE).delete()
+        runner = self._start_runner()
+        profiler = cProfile.Profile() if self.profile_dir else None
         try:
-            runs = [asyncio.run(self._run(options)) for _ in range(options["runs"])]
+            runs = []
+            for _ in range(options["runs"]):
+                if profiler:
+                    profiler.enable()
+                runs.append(asyncio.run(self._run()))
+                if profiler:
+                    profiler.disable()
+            if self.pgqueuer:
+                for run, pgq in zip(runs, asyncio.run(self._pgqueuer_runs()), strict=True):
+                    run.update(pgq)
+                    for c in self.concurrencies:
+                        if f"pgqueuer_c{c}_per_s" in pgq:
+                            run[f"async_vs_pgqueuer_c{c}"] = (
+                                run[f"async_c{c}_per_s"] / pgq[f"pgqueuer_c{c}_per_s"]
+                            )
         finally:
-            runner.terminate()
-            runner.wait(30)
-            Job.objects.filter(queue=QUEUE).delete()
-        summary = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-        summary["relay_vs_floor"] = summary["relay_median_ms"] / summary["floor_median_ms"]
-        summary["runs"] = options["runs"]
+            self._stop(runner)
+            Job.objects.filter(queue__startswith=QUEUE).delete()
+            WorkflowRun.objects.filter(name=QUEUE).delete()
+        if profiler and self.profile_dir:
+            profiler.dump_stats(self.profile_dir / "bench.prof")
+        summary = {
+            key: {
+                "median": statistics.median(run[key] for run in runs),
+                "min": min(run[key] for run in runs),
+                "max": max(run[key] for run in runs),
+            }
+            for key in runs[0]
+        }
         if options["json"]:
-            self.stdout.write(json.dumps(summary, indent=2))
+            self.stdout.write(
+                json.dumps(
+                    {"runs": options["runs"], "load_average": os.getloadavg(), **summary},
+                    indent=2,
+                )
+            )
             return
-        self.stdout.write(f"medians of {options['runs']} runs\n")
+        self.stdout.write(
+            f"medians of {options['runs']} runs (min..max); load average "
+            + " ".join(f"{x:.2f}" for x in os.getloadavg())
+        )
         for key, value in summary.items():
             self.stdout.write(
-                f"  {key:28} {value:12.3f}"
-                if isinstance(value, float)
-                else f"  {key:28} {value:>12}"
+                f"  {key:30} {value['median']:11.2f}   "
+                f"({value['min']:.2f}..{value['max']:.2f})  {self._meaning(key)}"
             )
 
-    def _start_runner(self, concurrency: int) -> subprocess.Popen[str]:
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"]}
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                sys.argv[0],
-                "relayworker",
-                "--queues",
-                f"{QUEUE}={concurrency}",
-                "--log-level",
-                self.runner_log_level,
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:  # wait for the ready line
-            if "ready" in line:
-                break
+    def _meaning(self, key: str) -> str:
+        if key in FIGURES:
+            return FIGURES[key]
+        if key.startswith("pgqueuer_batch"):
+            return "pgqueuer's best batch size at that concurrency"
+        if key.startswith("pgqueuer"):
+            return "pgqueuer no-op jobs/s at that concurrency, best batch, first-to-last"
+        if key.startswith("async_vs_pgqueuer"):
+            return "async no-op jobs/s / pgqueuer's, same concurrency (bar: >= 1)"
+        if key.startswith("sync"):
+            return "sync `def process` no-op jobs/s, first-to-last (bar: >= 5,000)"
+        return "async no-op jobs/s at that concurrency, --noop pre-enqueued, first-to-last"
+
+    # -- the runner under test ------------------------------------------------
+
+    def _start_runner(self) -> subprocess.Popen[str]:
+        queues = [f"{QUEUE}={max(self.concurrencies)}", f"{QUEUE}_wf={max(self.concurrencies)}"]
+        queues += [f"{QUEUE}_c{c}={c}" for c in self.concurrencies]
+        queues.append(f"{QUEUE}_sync={self.options['sync_concurrency']}")
+        command = [sys.executable]
+        if self.profile_dir:
+            command += ["-m", "cProfile", "-o", str(self.profile_dir / "runner.prof")]
+        command += ["-m", "django", "relayworker", "--queues", ",".join(queues)]
+        command += ["--log-level", self.options["runner_log_level"]]
+        # The runner imports what this process imports (settings, the bench workers).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))}
+        runner = _spawn(command, env)
+        if self.profile_dir and shutil.which("py-spy"):
+            self.pyspy: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [*_PYSPY, str(runner.pid), "-o", str(self.profile_dir / "runner-pyspy.svg")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         else:
-            raise RuntimeError("relayworker did not start")
-        # Keep draining its log so the pipe never fills.
-        import threading
+            self.pyspy = None
+        return runner
 
-        stdout = proc.stdout
-        threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
-        return proc
+    def _stop(self, runner: subprocess.Popen[str]) -> None:
+        runner.terminate()
+        runner.wait(60)
+        if self.pyspy is not None:
+            self.pyspy.wait(30)  # it writes its flame graph once the runner is gone
 
-    async def _run(self, options: dict[str, Any]) -> dict[str, float]:
-        # Each run starts from a vacuumed table: the previous run's no-op phase
-        # leaves tens of thousands of dead rows that every index scan would wade through.
+    # -- one run ----------------------------------------------------------------
+
+    async def _run(self) -> dict[str, float]:
+        options = self.options
+        # Each run starts from a vacuumed, analysed table (what autovacuum leaves on a
+        # drained queue): the previous run's dead rows would slow every index scan.
         async with await pg.connect() as conn:
             await conn.execute("VACUUM ANALYZE django_relay_job")
-        floor = await _raw_floor(options["relays"])
-        relay = []
-        for i in range(options["relays"]):
-            started = time.perf_counter()
-            assert await AddWorker.relay({"a": i, "b": 1}, timeout=10) == i + 1
-            relay.append((time.perf_counter() - started) * 1000)
-        started = time.perf_counter()
-        await asyncio.gather(
-            *(AddWorker.relay({"a": i, "b": 1}, timeout=60) for i in range(options["concurrent"]))
-        )
-        concurrent = options["concurrent"] / (time.perf_counter() - started)
-        noop = await _noop_throughput(options["noop"])
-        return {
-            "floor_median_ms": statistics.median(floor),
-            "floor_p99_ms": _quantile(floor, 0.99),
-            "relay_median_ms": statistics.median(relay),
-            "relay_p99_ms": _quantile(relay, 0.99),
-            "concurrent_relays_per_s": concurrent,
-            "noop_jobs_per_s": noop,
+        low, high = (float(part) / 1000 for part in options["gap"].split(","))
+        n = options["relays"]
+
+        def gap() -> float:
+            return random.uniform(low, high)
+
+        floor_idle = await _raw_floor(n, gap)
+        relay_idle = await _relays(n, gap)
+        floor_b2b = await _raw_floor(n, None)
+        relay_b2b = await _relays(n, None)
+        result = {
+            "floor_idle_p50_ms": statistics.median(floor_idle),
+            "floor_idle_p99_ms": _quantile(floor_idle, 0.99),
+            "relay_idle_p50_ms": statistics.median(relay_idle),
+            "relay_idle_p99_ms": _quantile(relay_idle, 0.99),
+            "floor_b2b_p50_ms": statistics.median(floor_b2b),
+            "relay_b2b_p50_ms": statistics.median(relay_b2b),
         }
+        result["relay_idle_vs_floor"] = result["relay_idle_p50_ms"] / result["floor_idle_p50_ms"]
+        result["relay_idle_p99_vs_floor_p99"] = (
+            result["relay_idle_p99_ms"] / result["floor_idle_p99_ms"]
+        )
+        result["relay_b2b_vs_floor"] = result["relay_b2b_p50_ms"] / result["floor_b2b_p50_ms"]
+        result["concurrent_relays_per_s"] = await _concurrent_relays(options["concurrent"])
+        if options["many_concurrent"]:
+            before = _rss_kb()
+            peak = _PeakRss()
+            result["many_relays_per_s"] = await _concurrent_relays(options["many_concurrent"])
+            growth_kb = max(0, peak.stop() - before)
+            result["rss_growth_mb"] = growth_kb / 1024
+            result["rss_per_waiter_kb"] = growth_kb / options["many_concurrent"]
+        for c in self.concurrencies:
+            result[f"async_c{c}_per_s"] = await _throughput(
+                [NoopWorker.new(queue=f"{QUEUE}_c{c}") for _ in range(options["noop"])]
+            )
+        result[f"sync_c{options['sync_concurrency']}_per_s"] = await _throughput(
+            [SyncNoopWorker.new(queue=f"{QUEUE}_sync") for _ in range(options["noop"])]
+        )
+        result["enqueue_many_per_s"] = await _enqueue_rate(options["enqueue"])
+        if options["workflow"]:
+            result["workflow_steps_per_s"] = await _workflow_rate(options["workflow"])
+            plain = result[f"async_c{max(self.concurrencies)}_per_s"]
+            result["workflow_vs_plain"] = result["workflow_steps_per_s"] / plain
+        return result
+
+    # -- pgqueuer side by side --------------------------------------------------
+
+    def _pgqueuer_wanted(self, choice: str) -> bool:
+        if choice == "no":
+            return False
+        try:
+            import pgqueuer  # noqa: F401
+        except ImportError:
+            if choice == "yes":
+                raise
+            self.stderr.write("pgqueuer not installed (pip install django-relay[bench]): skipped")
+            return False
+        return True
+
+    async def _pgqueuer_runs(self) -> list[dict[str, float]]:
+        """Per run: pgqueuer's no-op jobs/s at each concurrency, at its best batch size.
+
+        pgqueuer lives in a schema of its own on the same database, installed here
+        and dropped afterwards; its consumer is a process of its own, like ours.
+        """
+        os.environ["PGQUEUER_SCHEMA"] = PGQ_SCHEMA
+        from pgqueuer import Queries
+
+        dsn = _url(pg.connect_kwargs())
+        conn = await pg.connect()
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {PGQ_SCHEMA} CASCADE")
+            pgq = Queries.from_psycopg_connection(conn)
+            await pgq.install()
+            runs: list[dict[str, float]] = [{} for _ in range(self.options["runs"])]
+            for c in self.concurrencies:
+                for batch in _ints(self.options["pgqueuer_batch"]):
+                    if 2 * batch > c:  # pgqueuer refuses a cap below twice its batch
+                        continue
+                    consumer = _spawn(
+                        [*_PGQ_CONSUMER, dsn, str(batch), str(c)],
+                        {**os.environ, "PGQUEUER_SCHEMA": PGQ_SCHEMA},
+                    )
+                    try:
+                        await asyncio.sleep(1)  # let it reach its first dequeue
+                        for run in runs:
+                            rate = await _pgq_throughput(conn, pgq, self.options["noop"])
+                            if rate > run.get(f"pgqueuer_c{c}_per_s", 0):
+                                run[f"pgqueuer_c{c}_per_s"] = rate
+                                run[f"pgqueuer_batch_c{c}"] = batch
+                    finally:
+                        consumer.terminate()
+                        consumer.wait(30)
+            return runs
+        finally:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {PGQ_SCHEMA} CASCADE")
+            await conn.close()
 
 
-async def _raw_floor(n: int) -> list[float]:
+def _url(params: dict[str, Any]) -> str:
+    """A postgresql:// URL (what asyncpg takes) from psycopg's connection keywords."""
+    user = quote(str(params.get("user") or ""), safe="")
+    password = params.get("password")
+    auth = f"{user}:{quote(str(password), safe='')}" if password else user
+    host = params.get("host") or "localhost"
+    port = params.get("port") or 5432
+    return f"postgresql://{auth}@{host}:{port}/{quote(str(params['dbname']), safe='')}"
+
+
+class _PeakRss:
+    """Samples this process's RSS on a thread until stopped; the peak in kB."""
+
+    def __init__(self) -> None:
+        self.peak = _rss_kb()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.005):
+            self.peak = max(self.peak, _rss_kb())
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return max(self.peak, _rss_kb())
+
+
+def _spawn(command: list[str], env: Any) -> subprocess.Popen[str]:
+    """Start a consumer process and wait for its ready line; keep draining its output."""
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "ready" in line:
+            break
+    else:
+        raise RuntimeError(f"{command[0:4]} did not start:\n{''.join(lines[-20:])}")
+    stdout = proc.stdout
+    threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
+    return proc
+
+
+async def _relays(n: int, gap: Callable[[], float] | None) -> list[float]:
+    timings = []
+    for i in range(n):
+        if gap is not None:
+            await asyncio.sleep(gap())
+        started = time.perf_counter()
+        assert await AddWorker.relay({"a": i, "b": 1}, timeout=10) == i + 1
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+async def _concurrent_relays(n: int) -> float:
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(AddWorker.relay({"a": i, "b": 1}, timeout=120) for i in range(n))
+    )
+    elapsed = time.perf_counter() - started
+    assert results == [i + 1 for i in range(n)]
+    return n / elapsed
+
+
+async def _raw_floor(n: int, gap: Callable[[], float] | None) -> list[float]:
     """Round trips of the minimal SQL, one connection per role, on the real table."""
     client, worker = await pg.connect(), await pg.connect()
     await client.execute(f"LISTEN {queries.FINISHED_CHANNEL}")
@@ -150,6 +418,8 @@ async def _raw_floor(n: int) -> list[float]:
     timings = []
     try:
         for i in range(n):
+            if gap is not None:
+                await asyncio.sleep(gap())
             started = time.perf_counter()
             cur = await client.execute(
                 "INSERT INTO django_relay_job (worker, queue, state, args, meta, errors, attempt, "
@@ -192,24 +462,66 @@ async def _raw_floor(n: int) -> list[float]:
     return timings
 
 
-async def _noop_throughput(n: int) -> float:
-    """Jobs per second from the moment ``n`` no-op jobs are committed until all finish."""
-    from asgiref.sync import sync_to_async
-
-    from django_relay.enqueue import enqueue_many
-
-    await sync_to_async(enqueue_many)([NoopWorker.new() for _ in range(n)])
-    started = time.perf_counter()
+async def _until_done(count_sql: str, params: tuple[Any, ...]) -> None:
     async with await pg.connect() as conn:
         while True:
-            cur = await conn.execute(
-                "SELECT count(*) FROM django_relay_job WHERE queue = %s AND state <> 'completed'",
-                (QUEUE,),
-            )
+            cur = await conn.execute(count_sql, params)
             row = await cur.fetchone()
             if row is not None and row[0] == 0:
-                break
-            await asyncio.sleep(0.01)
-        elapsed = time.perf_counter() - started
-        await conn.execute("DELETE FROM django_relay_job WHERE queue = %s", (QUEUE,))
+                return
+            await asyncio.sleep(0.005)
+
+
+async def _throughput(jobs: list[Job]) -> float:
+    """Jobs per second from the moment ``jobs`` are committed until all finish."""
+    await sync_to_async(enqueue_many)(jobs)
+    return await _drained(jobs[0].queue, len(jobs))
+
+
+async def _drained(queue: str, count: int) -> float:
+    """``count`` / seconds from now until every job of ``queue`` completed; then empty it."""
+    started = time.perf_counter()
+    await _until_done(
+        "SELECT count(*) FROM django_relay_job WHERE queue = %s AND state <> 'completed'",
+        (queue,),
+    )
+    elapsed = time.perf_counter() - started
+    await _delete_queue(queue)
+    return count / elapsed
+
+
+async def _delete_queue(queue: str) -> None:
+    async with await pg.connect() as conn:
+        await conn.execute("DELETE FROM django_relay_job WHERE queue = %s", (queue,))
+
+
+async def _enqueue_rate(n: int) -> float:
+    """Jobs per second of one ``enqueue_many`` of ``n`` built jobs (no runner serves them)."""
+    queue = f"{QUEUE}_parked"
+    jobs = [NoopWorker.new({"n": i}, queue=queue) for i in range(n)]
+    started = time.perf_counter()
+    await sync_to_async(enqueue_many)(jobs)
+    elapsed = time.perf_counter() - started
+    await _delete_queue(queue)
+    return n / elapsed
+
+
+async def _workflow_rate(steps: int) -> float:
+    """Steps per second of a workflow: one root, ``steps - 2`` in parallel, one sink."""
+    queue = f"{QUEUE}_wf"
+    workflow = Workflow(name=QUEUE).add("root", NoopWorker.new(queue=queue))
+    middle = [f"s{i}" for i in range(steps - 2)]
+    for name in middle:
+        workflow.add(name, NoopWorker.new(queue=queue), deps=["root"])
+    workflow.add("sink", NoopWorker.new(queue=queue), deps=middle)
+    await sync_to_async(workflow.enqueue)()
+    return await _drained(queue, steps)
+
+
+async def _pgq_throughput(conn: Any, pgq: Any, n: int) -> float:
+    await pgq.enqueue(["noop"] * n, [None] * n, [0] * n)
+    started = time.perf_counter()
+    await _until_done(f"SELECT count(*) FROM {PGQ_SCHEMA}.pgqueuer", ())
+    elapsed = time.perf_counter() - started
+    await conn.execute(f"TRUNCATE {PGQ_SCHEMA}.pgqueuer_log")
     return n / elapsed

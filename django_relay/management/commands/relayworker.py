@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import threading
+import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -104,7 +105,13 @@ class Command(BaseCommand):
             self._serve_metrics(options["metrics_host"], options["metrics_port"])
         runner = Runner(queues)
         asyncio.run(self._serve(runner, options["grace_period"]))
-        if any(t.name.startswith("relay-job") for t in threading.enumerate()):
+        # Idle job threads leave as soon as their pool shuts down, just after the loop
+        # ends: give them a moment, so only a thread still running a job counts.
+        deadline = time.monotonic() + 1.0
+        for thread in threading.enumerate():
+            if thread.name.startswith("relay-job"):
+                thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.name.startswith("relay-job") and t.is_alive() for t in threading.enumerate()):
             # A sync job that ignored the grace period still holds a thread; its job
             # was given back, so leave without waiting for it.
             logging.shutdown()

@@ -1,0 +1,65 @@
+"""``manage.py relaybench``: one small run end to end, on the test database."""
+
+from __future__ import annotations
+
+import json
+import math
+import pstats
+import subprocess
+import sys
+
+import pytest
+
+from django_relay.models import Job, WorkflowRun
+from tests.conftest import subprocess_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BENCH = (
+    *(sys.executable, "-m", "django", "relaybench", "--json", "--pgqueuer", "no"),
+    *("--runs", "2", "--relays", "3", "--gap", "1,2", "--concurrent", "20"),
+    *("--many-concurrent", "50", "--noop", "40", "--concurrency", "4,8"),
+    *("--sync-concurrency", "4", "--enqueue", "30", "--workflow", "6"),
+)
+
+
+def test_a_small_run_reports_every_figure_and_leaves_no_jobs(tmp_path):
+    profile = tmp_path / "profile"
+    bench = subprocess.run(
+        [*BENCH, "--profile", str(profile)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert bench.returncode == 0, bench.stderr
+    report = json.loads(bench.stdout)
+    assert report["runs"] == 2
+    figures = {key: value for key, value in report.items() if isinstance(value, dict)}
+    assert set(figures) >= {
+        "floor_idle_p50_ms",
+        "relay_idle_p50_ms",
+        "relay_idle_vs_floor",
+        "relay_idle_p99_vs_floor_p99",
+        "relay_b2b_vs_floor",
+        "concurrent_relays_per_s",
+        "many_relays_per_s",
+        "rss_per_waiter_kb",
+        "async_c4_per_s",
+        "async_c8_per_s",
+        "sync_c4_per_s",
+        "enqueue_many_per_s",
+        "workflow_steps_per_s",
+        "workflow_vs_plain",
+    }
+    for key, spread in figures.items():
+        assert spread["min"] <= spread["median"] <= spread["max"], key
+        assert math.isfinite(spread["median"]), key
+        if not key.startswith("rss"):
+            assert spread["median"] > 0, key
+    # Both profiles load: the bench's own and its runner's (written when it stopped).
+    assert pstats.Stats(str(profile / "bench.prof")).total_calls > 0
+    assert pstats.Stats(str(profile / "runner.prof")).total_calls > 0
+    assert not Job.objects.filter(queue__startswith="relaybench").exists()
+    assert not WorkflowRun.objects.exists()
