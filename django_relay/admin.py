@@ -261,9 +261,8 @@ class JobAdmin(SafeDeleteMixin, admin.ModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[Job], search_term: str
     ) -> tuple[QuerySet[Job], bool]:
         if search_term and not search_term.isdigit():
-            by_text = admin_filters.text_search(queryset, search_term)
             found, distinct = super().get_search_results(request, queryset, search_term)
-            return queryset.filter(pk__in=by_text) | found, distinct
+            return queryset.filter(admin_filters.text_search(search_term)) | found, distinct
         return super().get_search_results(request, queryset, search_term)
 
     # -- permissions --------------------------------------------------------
