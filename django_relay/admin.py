@@ -14,15 +14,15 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import unquote
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, TextField
-from django.db.models.functions import Cast, Now
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models.functions import Now
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _, ngettext
 
-from django_relay import codec, dashboard
+from django_relay import admin_display, admin_filters, codec, dashboard
 from django_relay.conf import settings
 from django_relay.exceptions import EncodeError
 from django_relay.graph import render_svg
@@ -170,7 +170,13 @@ class JobAdmin(SafeDeleteMixin, admin.ModelAdmin):
         "scheduled_at",
         "finished_at",
     )
-    list_filter = ("state", WaitingForSignalFilter, "queue", "worker")
+    list_filter = (
+        "state",
+        WaitingForSignalFilter,
+        admin_filters.DeadlineWithinFilter,
+        "queue",
+        admin_filters.WorkerFilter,
+    )
     search_fields = ("=id", "worker")
     ordering = ("-id",)
     inlines = (JobSignalInline,)
@@ -209,22 +215,11 @@ class JobAdmin(SafeDeleteMixin, admin.ModelAdmin):
 
     @admin.display(description=_("worker"), ordering="worker")
     def worker_name(self, obj: Job) -> str:
-        return obj.worker.rpartition(".")[2]
+        return admin_filters.short_name(obj.worker)
 
     @admin.display(description=_("state"), ordering="state")
     def status(self, obj: Job) -> str:
-        wait = obj.signal_wait
-        if wait is None:
-            return str(obj.get_state_display())
-        until = wait.get("deadline") or _("no deadline")
-        return format_html(
-            "{} ({} {}, {} {})",
-            _("waiting for a signal"),
-            _("since"),
-            wait.get("since"),
-            _("until"),
-            until,
-        )
+        return admin_display.state_badge(obj)
 
     @admin.display(description=_("attempt"))
     def attempts(self, obj: Job) -> str:
@@ -266,13 +261,8 @@ class JobAdmin(SafeDeleteMixin, admin.ModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[Job], search_term: str
     ) -> tuple[QuerySet[Job], bool]:
         if search_term and not search_term.isdigit():
-            by_args = (
-                queryset.annotate(args_text=Cast("args", TextField()))
-                .filter(args_text__icontains=search_term)
-                .values("pk")
-            )
             found, distinct = super().get_search_results(request, queryset, search_term)
-            return queryset.filter(pk__in=by_args) | found, distinct
+            return queryset.filter(admin_filters.text_search(search_term)) | found, distinct
         return super().get_search_results(request, queryset, search_term)
 
     # -- permissions --------------------------------------------------------
@@ -315,7 +305,8 @@ class JobAdmin(SafeDeleteMixin, admin.ModelAdmin):
                     **self.admin_site.each_context(request),
                     "title": _("Send “%s” to waiting jobs") % decision,
                     "decision": decision,
-                    "waiting": waiting,
+                    "waiting": admin_display.decisions(waiting),
+                    "ol_breadcrumbs": dashboard.OL_BREADCRUMBS,
                     "queryset": queryset,
                     "action": request.POST.get("action"),
                     "opts": self.model._meta,
@@ -349,12 +340,15 @@ class JobAdmin(SafeDeleteMixin, admin.ModelAdmin):
     @admin.action(description=_("Retry selected jobs"), permissions=["retry"])
     def retry(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         jobs = list(queryset)
+        replaying = admin_filters.replaying_signals(jobs)
         count = retry_jobs(jobs)
         for job in jobs:
             self.log_change(request, job, "Retried")
         self.message_user(
             request, ngettext("%d job will run again.", "%d jobs will run again.", count) % count
         )
+        if replaying:
+            self.message_user(request, admin_display.replay_warning(replaying), messages.WARNING)
 
     @admin.action(description=_("Cancel selected jobs"), permissions=["cancel"])
     def cancel(self, request: HttpRequest, queryset: JobQuerySet) -> None:

@@ -38,6 +38,8 @@ FINISHED_CAP = 10_000
 EVENTS_PATH = "/ws/jobs/"
 #: Jobs waiting for a signal listed on the page (the count covers all of them).
 WAITING_SHOWN = 20
+#: Django 6 marks the admin's breadcrumbs up as a list (``<ol>``), 5.2 as a ``<div>``.
+OL_BREADCRUMBS = django.VERSION >= (6, 0)
 _UNFINISHED = ("available", "executing", "scheduled", "retryable", "waiting_for_signal")
 _FINISHED = ("completed", "discarded", "cancelled")
 
@@ -156,7 +158,7 @@ def page(model_admin: Any, request: HttpRequest) -> HttpResponse:
         "data_url": reverse("admin:django_relay_dashboard_data"),
         "changelist_url": reverse("admin:django_relay_job_changelist"),
         "can_signal": model_admin.has_signal_permission(request),
-        "ol_breadcrumbs": django.VERSION >= (6, 0),  # Django 6 marks breadcrumbs up as a list
+        "ol_breadcrumbs": OL_BREADCRUMBS,
         "window_minutes": WINDOW // 60,
     }
     return TemplateResponse(request, "admin/django_relay/dashboard.html", context)
