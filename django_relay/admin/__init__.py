@@ -25,7 +25,7 @@ from django.utils.translation import gettext_lazy as _, ngettext
 from django_relay import codec, dashboard
 from django_relay.conf import settings
 from django_relay.exceptions import EncodeError
-from django_relay.graph import render_svg
+from django_relay.admin.graph import render_svg
 from django_relay.jobs import cancel_jobs, retry_jobs
 from django_relay.models import (
     TERMINAL_STATES,
