@@ -13,7 +13,7 @@ from django_relay import queries, signals
 from django_relay.conf import settings
 from django_relay.engine import executor
 from django_relay.engine.acker import Acker
-from django_relay.engine.lifeline import Heartbeat, Lifeline
+from django_relay.engine.heartbeat import Heartbeat, Lifeline
 from django_relay.engine.producer import Producer
 from django_relay.engine.threads import JobThreads
 from django_relay.listener.notifier import get_notifier
