@@ -315,6 +315,33 @@ async def release(conn: AsyncConnection, node: str, tokens: Sequence[int]) -> in
 
 # -- the runner's maintenance -------------------------------------------------
 
+#: Advisory locks of the duties one runner at a time performs: (namespace, duty).
+DUTY_LOCK_NAMESPACE = 0x72656C79  # "rely"
+DUTY_LOCKS = {"stage": 1, "rescue": 2, "prune": 3}
+
+# Holding a session lock already: true, without taking it again (a second
+# pg_try_advisory_lock would stack). CASE evaluates in order.
+HOLD_DUTY_LOCK = """
+SELECT CASE
+    WHEN EXISTS (
+        SELECT 1 FROM pg_locks
+        WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
+          AND classid = %(namespace)s::oid AND objid = %(duty)s::oid AND objsubid = 2
+    ) THEN true
+    ELSE pg_try_advisory_lock(%(namespace)s, %(duty)s)
+END
+"""
+
+
+async def hold_duty_lock(conn: AsyncConnection, duty: str) -> bool:
+    """Take (or keep) ``duty``'s advisory lock on ``conn``; false if another session holds it."""
+    cursor = await conn.execute(
+        HOLD_DUTY_LOCK, {"namespace": DUTY_LOCK_NAMESPACE, "duty": DUTY_LOCKS[duty]}
+    )
+    row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
 STAGE = """
 UPDATE django_relay_job SET state = 'available'
 WHERE id IN (
