@@ -17,9 +17,8 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import psycopg
-from psycopg import sql
 
-from django_relay import pg
+from django_relay import pg, queries
 from django_relay.conf import settings
 from django_relay.listener.loop import LoopHost
 from django_relay.queries import AVAILABLE_CHANNEL, FINISHED_CHANNEL, SIGNAL_CHANNEL
@@ -135,9 +134,7 @@ class Notifier(LoopHost):
         if self.probe_ok.is_set() or self._conn is None:
             return
         self._probe_token = f"{os.getpid()}-{uuid.uuid4().hex}"
-        await pg.within_deadline(
-            self._conn.execute("SELECT pg_notify(%s, %s)", (PROBE_CHANNEL, self._probe_token))
-        )
+        await pg.within_deadline(queries.notify(self._conn, PROBE_CHANNEL, self._probe_token))
         assert self.loop is not None
         self.loop.call_later(5.0, self._check_probe)
 
@@ -151,7 +148,7 @@ class Notifier(LoopHost):
             )
 
     async def _listen(self, conn: psycopg.AsyncConnection, channel: str) -> None:
-        await pg.within_deadline(conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel))))
+        await pg.within_deadline(queries.listen(conn, channel))
 
     async def _listen_wanted(self, conn: psycopg.AsyncConnection) -> None:
         with self._lock:
@@ -172,7 +169,7 @@ class Notifier(LoopHost):
             if time.monotonic() >= next_ping:
                 # Health ping: a dead socket raises here, and a server that stopped
                 # answering (a half-open socket) misses the deadline.
-                await asyncio.wait_for(conn.execute("SELECT 1"), settings.LISTENER_PING_TIMEOUT)
+                await asyncio.wait_for(queries.ping(conn), settings.LISTENER_PING_TIMEOUT)
                 next_ping = time.monotonic() + ping_every
 
     def _dispatch(self, channel: str, payload: str) -> None:
