@@ -2,60 +2,74 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from django_relay import queries
-from tests.conftest import wait_for
+from django_relay.models import Job
+from tests.conftest import server_url, wait_for
+from tests.workers import EchoWorker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-EXCLUSIVE = ("stage", "rescue", "prune")
+HOLD = """
+import sys, time, psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+conn.execute("SELECT pg_advisory_lock(%s, %s)", (int(sys.argv[2]), int(sys.argv[3])))
+print("held", flush=True)
+time.sleep(600)
+"""
 
 
-def holders() -> dict[str, list[int]]:
-    """Backend pids holding each duty's advisory lock in the test database."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT objid::int, pid FROM pg_locks
-            WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid = %s::oid
-              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-            """,
-            [queries.DUTY_LOCK_NAMESPACE],
+def test_a_duty_held_elsewhere_is_skipped_and_taken_over_when_its_holder_dies(start_runner):
+    # Another process performs the rescue duty (it holds its lock) until it is killed.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            HOLD,
+            server_url(connection.settings_dict["NAME"]),
+            str(queries.DUTY_LOCK_NAMESPACE),
+            str(queries.DUTY_LOCKS["rescue"]),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        # An orphan: executing for a runner that does not exist, on a queue nobody serves.
+        orphan = EchoWorker.enqueue({"n": 1})
+        Job.objects.filter(pk=orphan.pk).update(
+            queue="elsewhere",
+            state="executing",
+            attempt=1,
+            attempted_by="ghost",
+            attempted_at=timezone.now(),
         )
-        rows = cursor.fetchall()
-    names = {number: name for name, number in queries.DUTY_LOCKS.items()}
-    found: dict[str, list[int]] = {name: [] for name in EXCLUSIVE}
-    for number, pid in rows:
-        found[names[number]].append(pid)
-    return found
+        start_runner("default=2")
+        # The runner performs the duties nobody else holds: a due job is staged and run.
+        due = EchoWorker.enqueue({"n": 2})
+        Job.objects.filter(pk=due.pk).update(
+            state="scheduled", scheduled_at=timezone.now() - timezone.timedelta(seconds=1)
+        )
+        wait_for(
+            lambda: Job.objects.get(pk=due.pk).state == "completed",
+            timeout=20,
+            message="the stager to make the due job available",
+        )
+        # ...but not the one held elsewhere: the rescue is the holder's to do.
+        assert Job.objects.get(pk=orphan.pk).state == "executing"
+    finally:
+        holder.kill()
+        holder.wait(10)
 
+    def rescued() -> Job | None:
+        job = Job.objects.get(pk=orphan.pk)
+        return job if job.state == "available" else None
 
-def held_by_one_each() -> dict[str, int] | None:
-    found = holders()
-    if all(len(pids) == 1 for pids in found.values()):
-        return {name: pids[0] for name, pids in found.items()}
-    return None
-
-
-def test_one_runner_holds_each_duty_and_a_survivor_takes_over(start_runner):
-    first = start_runner("default=2")
-    before = wait_for(held_by_one_each, timeout=20, message="the first runner to take each duty")
-    second = start_runner("default=2")
-    second.wait_for_line("ready")
-    # Both runners are up: each duty still has exactly one holder, the first runner.
-    assert held_by_one_each() == before
-
-    first.kill()
-
-    def taken_over() -> dict[str, int] | None:
-        now = held_by_one_each()
-        if now and all(now[name] != before[name] for name in EXCLUSIVE):
-            return now
-        return None
-
-    after = wait_for(taken_over, timeout=20, message="the survivor to take over every duty")
-    # The survivor performs all three on its own connections (one per duty).
-    assert len(set(after.values())) == len(EXCLUSIVE)
-    assert second.proc.poll() is None
+    job = wait_for(rescued, timeout=20, message="the runner to take the rescue over")
+    assert job.errors[-1]["kind"] == "rescued"

@@ -43,11 +43,7 @@ class Periodic:
             except Exception:
                 logger.exception("%s failed; it runs again in %ss", self.name, self.period)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.wait())
-
-    def wait(self) -> float:
-        """Seconds until the next run."""
-        return self.period
+                await asyncio.wait_for(self._stopping.wait(), self.period)
 
     async def stop(self) -> None:
         """Let the current run finish (each statement has a deadline), then end."""
@@ -59,9 +55,10 @@ class Periodic:
 class Exclusive(Periodic):
     """A duty of the whole system that one runner at a time performs, without a leader.
 
-    The runner whose connection holds the duty's advisory lock performs it; the
-    others try again each period. The lock ends with its connection, so when the
-    holder dies (or its connection fails) another runner takes over within a period.
+    Each run takes the duty's advisory lock for its own transaction; a runner that
+    finds it taken skips that run. Nothing is held between runs, so a runner that
+    died, hung or was stopped (SIGSTOP) blocks no other: the next runner to try
+    performs the duty.
     """
 
     #: The duty's advisory lock (``queries.DUTY_LOCKS``).
@@ -70,12 +67,6 @@ class Exclusive(Periodic):
     def __init__(self, period: float) -> None:
         super().__init__(period)
         self.link = Link(self.name)
-        self.held = False
-
-    def wait(self) -> float:
-        # Not the holder: look again within a heartbeat, so a dead holder's duty
-        # (a prune runs once a minute) is taken over within seconds.
-        return self.period if self.held else min(self.period, settings.HEARTBEAT_INTERVAL)
 
     async def run(self, conn: psycopg.AsyncConnection) -> Any:
         raise NotImplementedError
@@ -84,16 +75,18 @@ class Exclusive(Periodic):
         """Called with what ``run()`` returned, when this runner performed the duty."""
 
     async def tick(self) -> None:
-        self.held, result = await self.link.run(self._if_held)
-        if self.held:
+        held, result = await self.link.run(self._if_free)
+        if held:
             self.done(result)
 
-    async def _if_held(self, conn: psycopg.AsyncConnection) -> tuple[bool, Any]:
-        if not await queries.hold_duty_lock(conn, self.duty):
-            return False, None
-        return True, await self.run(conn)
+    async def _if_free(self, conn: psycopg.AsyncConnection) -> tuple[bool, Any]:
+        # A holder frozen inside its transaction is cut off by the server after
+        # RESCUE_AFTER, as long as a frozen runner's jobs wait to be rescued.
+        async with conn.transaction():
+            if not await queries.take_duty_lock(conn, self.duty, settings.RESCUE_AFTER):
+                return False, None
+            return True, await self.run(conn)
 
     async def stop(self) -> None:
         await super().stop()
-        self.held = False
-        await self.link.close()  # gives the lock up at once: another runner takes over
+        await self.link.close()

@@ -12,25 +12,16 @@ from django_relay.queries.channels import TERMINAL
 DUTY_LOCK_NAMESPACE = 0x72656C79  # "rely"
 DUTY_LOCKS = {"stage": 1, "rescue": 2, "prune": 3}
 
-# Holding a session lock already: true, without taking it again (a second
-# pg_try_advisory_lock would stack). CASE evaluates in order.
-HOLD_DUTY_LOCK = """
-SELECT CASE
-    WHEN EXISTS (
-        SELECT 1 FROM pg_locks
-        WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
-          AND classid = %(namespace)s::oid AND objid = %(duty)s::oid AND objsubid = 2
-    ) THEN true
-    ELSE pg_try_advisory_lock(%(namespace)s, %(duty)s)
-END
-"""
+# For the caller's transaction only: nothing stays held between runs. A holder
+# frozen inside it (a stopped process) is cut off by the server after the timeout.
+TAKE_DUTY_LOCK = "SELECT pg_try_advisory_xact_lock(%s, %s)"
+IDLE_TIMEOUT = "SELECT set_config('idle_in_transaction_session_timeout', %s, true)"
 
 
-async def hold_duty_lock(conn: AsyncConnection, duty: str) -> bool:
-    """Take (or keep) ``duty``'s advisory lock on ``conn``; false if another session holds it."""
-    cursor = await conn.execute(
-        HOLD_DUTY_LOCK, {"namespace": DUTY_LOCK_NAMESPACE, "duty": DUTY_LOCKS[duty]}
-    )
+async def take_duty_lock(conn: AsyncConnection, duty: str, frozen_after: float) -> bool:
+    """In ``conn``'s transaction: take ``duty``'s lock; false if another runner has it."""
+    await conn.execute(IDLE_TIMEOUT, (f"{max(int(frozen_after * 1000), 1)}ms",))
+    cursor = await conn.execute(TAKE_DUTY_LOCK, (DUTY_LOCK_NAMESPACE, DUTY_LOCKS[duty]))
     row = await cursor.fetchone()
     return bool(row and row[0])
 
