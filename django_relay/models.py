@@ -17,6 +17,7 @@ from django_relay.queries import (
     QUEUE_CHANNEL,
     SIGNAL_CHANNEL,
 )
+from django_relay.queries.triggers import SIGNAL_WAKE, WORKFLOW_ADVANCE
 
 
 class JobState(models.TextChoices):
@@ -57,48 +58,6 @@ class JobQuerySet(models.QuerySet["Job"]):
 
 def _json_field(**kwargs: Any) -> models.JSONField:
     return models.JSONField(encoder=codec.JSONEncoder, decoder=codec.JSONDecoder, **kwargs)
-
-
-# When a step finishes, decide for each held dependent: run it (every dep completed,
-# or ended in a way it ignores), cancel it (a dep was cancelled or discarded and it
-# does not ignore that), or keep holding it. Locking the dependents first makes two
-# deps finishing in concurrent transactions safe: the second waits for the first
-# to commit, and the UPDATE (a new statement, so a new snapshot) then sees both.
-# Cancelling a dependent fires this trigger again: cascades are transitive. Its
-# error entry names the ``cause`` (the dep's job id): whoever finished that dep can
-# read back what the cascade cancelled, and retrying the dep can hold it again.
-WORKFLOW_ADVANCE = """
-PERFORM 1 FROM django_relay_job
-WHERE workflow_id = NEW.workflow_id AND state = 'suspended' AND deps ? NEW.step
-ORDER BY id FOR UPDATE;
-UPDATE django_relay_job AS d SET
-    state = s.next_state,
-    scheduled_at = now(),
-    finished_at = CASE WHEN s.next_state = 'cancelled' THEN now() END,
-    errors = CASE WHEN s.next_state = 'cancelled' THEN d.errors || jsonb_build_array(
-        jsonb_build_object('attempt', d.attempt, 'at', now(), 'kind', 'cancel',
-                           'error', s.reason, 'cause', NEW.id)) ELSE d.errors END
-FROM (
-    SELECT c.id,
-           CASE WHEN bool_or(p.state = 'cancelled' AND NOT c.ignore_cancelled
-                             OR p.state = 'discarded' AND NOT c.ignore_discarded)
-                THEN 'cancelled'
-                WHEN bool_and(p.state = 'completed'
-                              OR p.state = 'cancelled' AND c.ignore_cancelled
-                              OR p.state = 'discarded' AND c.ignore_discarded)
-                THEN 'available'
-                ELSE 'suspended' END AS next_state,
-           'dependency ' || string_agg(p.step || ' was ' || p.state, ', ' ORDER BY p.step)
-               FILTER (WHERE p.state IN ('cancelled', 'discarded')) AS reason
-    FROM django_relay_job AS c
-    CROSS JOIN LATERAL jsonb_array_elements_text(c.deps) AS dep(name)
-    JOIN django_relay_job AS p ON p.workflow_id = c.workflow_id AND p.step = dep.name
-    WHERE c.workflow_id = NEW.workflow_id AND c.state = 'suspended' AND c.deps ? NEW.step
-    GROUP BY c.id
-) AS s
-WHERE d.id = s.id AND s.next_state <> 'suspended';
-RETURN NULL;
-"""
 
 
 def _notify(channel: str, payload_sql: str) -> str:
@@ -347,11 +306,7 @@ class JobSignal(models.Model):
                 name="relay_signal_wake",
                 when=pgtrigger.After,
                 operation=pgtrigger.Insert,
-                func=(
-                    "UPDATE django_relay_job SET state = 'available', scheduled_at = now() "
-                    "WHERE id = NEW.job_id AND state = 'scheduled' AND meta ? 'signal_wait'; "
-                    + _notify(SIGNAL_CHANNEL, "NEW.job_id::text")
-                ),
+                func=(SIGNAL_WAKE + _notify(SIGNAL_CHANNEL, "NEW.job_id::text")),
             ),
         ]
 

@@ -247,7 +247,7 @@ async def _relay_job(
         await listening(registry, timeout)
         waiter = Waiter(0, with_retries=with_retries, poll_interval=poll_interval)
         inserted: asyncio.Future[tuple[Any, ...]] = waiter.loop.create_future()
-        registry.notifier.call_soon(registry.enqueue, row, waiter, inserted)
+        registry.notifier.call_soon(registry.inserter.enqueue, row, waiter, inserted)
         try:
             saved = await asyncio.wait_for(inserted, max(deadline - waiter.loop.time(), 0.0))
         except BaseException as exc:

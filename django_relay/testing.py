@@ -53,14 +53,11 @@ def drain(
     cursor = connections[settings.DATABASE_ALIAS].cursor()
     with cursor:
         for _ in range(max_rounds):
-            cursor.execute(queries.STAGE_QUEUE_NOW, (queue, queue, with_scheduled))
-            cursor.execute(queries.QUEUES_WITH_WORK, (queue, queue))
-            names = [row[0] for row in cursor.fetchall()]
+            names = queries.stage_for_drain(cursor, queue, with_scheduled)
             if not names:
                 break
             for name in names:
-                cursor.execute(queries.CLAIM, (name, 1000, _NODE))
-                for row in cursor.fetchall():
+                for row in queries.claim_on(cursor, name, 1000, _NODE):
                     state = async_to_sync(_run_one)(build_job(row), cursor, with_safety)
                     outcomes[state] += 1
     return dict(outcomes)
@@ -82,10 +79,10 @@ def _persist(cursor: Any, ack: queries.Ack, refused: Any) -> queries.Ack:
     """Write ``ack`` as the runner would: one PostgreSQL refuses is replaced."""
     try:
         with transaction.atomic(using=settings.DATABASE_ALIAS):  # a savepoint in a test
-            cursor.execute(queries.ACK, queries.ack_params(_NODE, [ack]))
+            queries.ack_on(cursor, _NODE, [ack])
     except (DatabaseError, ValueError) as exc:
         ack = refused(executor.describe(exc))
-        cursor.execute(queries.ACK, queries.ack_params(_NODE, [ack]))
+        queries.ack_on(cursor, _NODE, [ack])
     return ack
 
 

@@ -92,7 +92,7 @@ def test_state_column_shows_relative_times_and_a_badge_naming_the_state():
     [(1.2, "1.2 s"), (40, "40 s"), (180, "3 min"), (23 * 3600, "23 h"), (7 * 86400, "7 days")],
 )
 def test_durations_read_as_an_operator_says_them(seconds, text):
-    from django_relay.admin_display import duration
+    from django_relay.admin.display import duration
 
     assert duration(seconds) == text
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from django_relay.graph import depths, layout, render_svg
+from django_relay.admin.graph import depths, layout, render_svg
 
 
 def columns(steps: dict[str, list[str]]) -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import django_relay
@@ -87,3 +88,50 @@ def test_public_names_are_listed_once_and_all_resolve():
     assert typed == set(django_relay._EXPORTS)
     for name in django_relay.__all__:
         assert getattr(django_relay, name) is not None
+
+
+#: Importable from anywhere: they import no other django_relay module but each other.
+LEAVES = {
+    "django_relay.conf",
+    "django_relay.codec",
+    "django_relay.exceptions",
+    "django_relay.signals",
+    "django_relay.context",
+    "django_relay.pg",
+    "django_relay.logs",
+}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+
+
+def test_queries_and_models_import_only_each_other_and_leaves():
+    graph = _graph()
+    lower = {name for name in graph if name.startswith("django_relay.queries")}
+    lower.add("django_relay.models")
+    for name in lower:
+        above = graph[name] - lower - LEAVES
+        assert not above, f"{name} imports from a layer above it: {sorted(above)}"
+
+
+def test_engine_and_listener_never_import_the_admin():
+    graph = _graph()
+    for name, imported in graph.items():
+        if name.startswith(("django_relay.engine", "django_relay.listener")):
+            admin = {i for i in imported if i.startswith("django_relay.admin")}
+            assert not admin, f"{name} imports {sorted(admin)}"
+
+
+def test_state_changing_sql_lives_in_queries():
+    # relaybench's raw floor is the documented exception (its docstring says why).
+    allowed = ("queries", "migrations", "management/commands/relaybench.py")
+    statement = re.compile(r"\b(UPDATE\s+django_relay_|INSERT\s+INTO\s|DELETE\s+FROM\s)")
+    offenders = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if not str(path.relative_to(PACKAGE)).startswith(allowed)
+        and statement.search(path.read_text())
+    ]
+    assert offenders == []

@@ -393,12 +393,12 @@ async def test_relay_survives_the_listener_being_killed(start_runner, gate):
 async def test_the_first_relay_after_its_insert_connection_died_returns_its_result(start_runner):
     start_runner()
     assert await EchoWorker.relay({"value": 0}, timeout=10) == 0  # opens the insert link
-    pid = _registry().insert_link._conn.info.backend_pid
+    pid = _registry().inserter.link._conn.info.backend_pid
     assert await sql("SELECT pg_terminate_backend(%s)", [pid]) == [(True,)]
     # The connection died while idle: the insert is sent again, on a new one, once.
     results = await asyncio.gather(*(EchoWorker.relay({"value": i}, timeout=10) for i in range(5)))
     assert results == list(range(5))
-    assert _registry().insert_link._conn.info.backend_pid != pid
+    assert _registry().inserter.link._conn.info.backend_pid != pid
     assert await sql("SELECT count(*) FROM django_relay_job") == [(6,)]
 
 

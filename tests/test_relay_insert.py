@@ -59,7 +59,7 @@ async def test_a_relay_whose_insert_was_in_flight_when_its_connection_died_is_en
     registry = get_registry()
     with pytest.raises(RelayTimeout):  # opens the insert link (nobody serves this queue)
         await EchoWorker.relay({"value": 0}, queue="nobody", timeout=0.5)
-    pid = registry.insert_link._conn.info.backend_pid
+    pid = registry.inserter.link._conn.info.backend_pid
     # Hold the table so the next insert is sent and then waits, in flight.
     async with await psycopg.AsyncConnection.connect(**pg.connect_kwargs()) as blocker:
         await blocker.execute("LOCK TABLE django_relay_job IN SHARE MODE")

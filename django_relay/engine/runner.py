@@ -1,4 +1,4 @@
-"""The runner: producers per queue, one acker, the lifeline, and a graceful stop."""
+"""The runner: producers per queue, one acker, the periodic services, and a graceful stop."""
 
 from __future__ import annotations
 
@@ -7,16 +7,20 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from django_relay import periodic, queries, signals
 from django_relay.conf import settings
 from django_relay.engine import executor
 from django_relay.engine.acker import Acker
 from django_relay.engine.control import QueueControl
-from django_relay.engine.lifeline import Heartbeat, Lifeline
+from django_relay.engine.heartbeat import Heartbeat, watch_loop
 from django_relay.engine.producer import Producer
+from django_relay.engine.pruner import Pruner
+from django_relay.engine.rescuer import Rescuer
 from django_relay.engine.scheduler import Scheduler
+from django_relay.engine.service import Periodic
+from django_relay.engine.stager import Stager
 from django_relay.engine.threads import JobThreads
 from django_relay.listener.notifier import get_notifier
 from django_relay.pg import Link
@@ -51,8 +55,12 @@ class Runner:
         entries = periodic.entries()
         self.scheduler = Scheduler(entries) if entries else None
         self.failed = False
-        self.lifeline = Lifeline(self.node, reconcile=self._reconcile)
         self.heartbeat = Heartbeat(self.node, self.queues)
+        # Staging, rescuing and pruning: one runner at a time (advisory locks);
+        # reconciling: every runner, for its own claims.
+        self.services: list[Periodic] = [Stager(), Rescuer(), Reconciler(self._reconcile)]
+        if settings.PRUNE_AFTER is not None:
+            self.services.append(Pruner())
 
     def ready_line(self) -> str:
         queues = ", ".join(f"{q}={n}" for q, n in self.queues.items())
@@ -147,22 +155,24 @@ class Runner:
             asyncio.create_task(p.run(stopping), name=f"relay-producer-{p.queue}")
             for p in self.producers.values()
         ]
-        upkeep = asyncio.create_task(self.lifeline.run(stopping), name="relay-lifeline")
-        control = asyncio.create_task(self.control.run(stopping), name="relay-queue-control")
-        services = [control]
+        for service in self.services:
+            service.start()
+        watcher = asyncio.create_task(watch_loop(stopping), name="relay-loop-watch")
+        upkeep = [service.task for service in self.services if service.task is not None]
+        # Queue control and the periodic scheduler run in every runner (each
+        # coordinates through the database on its own), as tasks beside the services.
+        flow = [asyncio.create_task(self.control.run(stopping), name="relay-queue-control")]
         if self.scheduler is not None:
-            services.append(
-                asyncio.create_task(self.scheduler.run(stopping), name="relay-scheduler")
-            )
+            flow.append(asyncio.create_task(self.scheduler.run(stopping), name="relay-scheduler"))
         logger.info("%s", self.ready_line())
         if on_ready is not None:
             on_ready()
         try:
-            # A producer or the lifeline ending on its own is a bug: stop rather than
+            # A producer or a service ending on its own is a bug: stop rather than
             # linger as a runner that heartbeats but runs nothing.
             stop = asyncio.create_task(stopping.wait())
             done, _ = await asyncio.wait(
-                {stop, *workers, upkeep, *services}, return_when=asyncio.FIRST_COMPLETED
+                {stop, *workers, *upkeep, *flow}, return_when=asyncio.FIRST_COMPLETED
             )
             crashed = [] if stopping.is_set() else [t for t in done if t is not stop]
             if crashed:
@@ -178,15 +188,16 @@ class Runner:
         finally:
             unlisten()
             unlisten_queues()
+            watcher.cancel()
             self.control.changed()  # wakes its loop, which sees ``stopping``
-            await asyncio.gather(*services, return_exceptions=True)
+            await asyncio.gather(*flow, return_exceptions=True)
             await self.control.close()
-            await self._stop(workers, upkeep, settings.GRACE_PERIOD if grace is None else grace)
+            await self._stop(workers, settings.GRACE_PERIOD if grace is None else grace)
 
-    async def _stop(
-        self, workers: list[asyncio.Task[None]], upkeep: asyncio.Task[None], grace: float
-    ) -> None:
+    async def _stop(self, workers: list[asyncio.Task[None]], grace: float) -> None:
         self._wake_all()  # producers see ``stopping`` and return: no more claims
+        # The periodic duties end now, as before any job is waited for.
+        await asyncio.gather(*(service.stop() for service in self.services))
         await asyncio.gather(*workers, return_exceptions=True)
         tasks = {t for p in self.producers.values() for t in p.running.values()}
         if tasks:
@@ -201,15 +212,26 @@ class Runner:
                     lambda conn: queries.release(conn, self.node, tokens)
                 )
                 logger.warning("stopping: gave back %s unfinished jobs", released)
-        await asyncio.gather(upkeep, return_exceptions=True)
         if not await self.acker.flush(timeout=10.0):
             logger.warning(
                 "stopping: some outcomes could not be written; those jobs will be "
                 "rescued and run again"
             )
         await self.acker.close()
-        await self.heartbeat.stop()
-        await self.lifeline.close()
+        await self.heartbeat.stop()  # and forgets our node
         await self._claims.close()
         self.threads.shutdown()
         logger.info("relayworker %s stopped", self.node)
+
+
+class Reconciler(Periodic):
+    """Every ``HEARTBEAT_INTERVAL``: gives back the claims marked ours that we do not hold."""
+
+    name = "reconcile"
+
+    def __init__(self, reconcile: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(settings.HEARTBEAT_INTERVAL)
+        self._reconcile = reconcile
+
+    async def tick(self) -> None:
+        await self._reconcile()

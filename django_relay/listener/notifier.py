@@ -1,9 +1,7 @@
-"""The process's one LISTEN connection, on a thread with its own event loop.
+"""The process's one LISTEN connection, served on a :class:`~.loop.LoopHost`.
 
-Async views under WSGI each run in a fresh event loop and ``relay_sync`` waits
-in plain threads, so a listener bound to any caller's loop could not serve them
-all. The notifier owns a thread and a loop; handlers run there and hand results
-to their own loop with ``call_soon_threadsafe``.
+Handlers run on the host's loop and hand results to their own loop with
+``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -16,15 +14,13 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
-from concurrent.futures import Future
-from typing import Any
+from collections.abc import Callable
 
 import psycopg
-from psycopg import sql
 
-from django_relay import pg
+from django_relay import pg, queries
 from django_relay.conf import settings
+from django_relay.listener.loop import LoopHost
 from django_relay.queries import (
     AVAILABLE_CHANNEL,
     FINISHED_CHANNEL,
@@ -41,38 +37,25 @@ _TICK = 0.05
 CHANNELS = (AVAILABLE_CHANNEL, FINISHED_CHANNEL, SIGNAL_CHANNEL, QUEUE_CHANNEL)
 
 
-class Notifier:
+class Notifier(LoopHost):
     """Dispatches NOTIFY payloads by channel to handlers, reconnecting as needed."""
 
+    thread_name = "relay-notifier"
+
     def __init__(self) -> None:
+        super().__init__()
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
         self._reconnect_handlers: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
         self._conn: psycopg.AsyncConnection | None = None
-        self._started = threading.Event()
         #: Set while the LISTEN connection is live; cleared while reconnecting.
         self.connected = threading.Event()
         #: Incremented on each (re)connection; a waiter compares it to spot gaps.
         self.epoch = 0
         self._probe_token = ""
         self.probe_ok = threading.Event()
-        self._closers: list[Callable[[], Coroutine[Any, Any, Any]]] = []
         self._live: dict[str, threading.Event] = {}
-        self._serving: asyncio.Task[None] | None = None
 
     # -- any thread -----------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the thread (once); returns at once."""
-        with self._lock:
-            if self._thread is None and self.loop is None:
-                self._thread = threading.Thread(
-                    target=self._main, name="relay-notifier", daemon=True
-                )
-                self._thread.start()
-        self._started.wait()
 
     def listen(self, channel: str, handler: Handler) -> Callable[[], None]:
         """Call ``handler(payload)`` on the notifier thread for each NOTIFY on ``channel``.
@@ -100,70 +83,17 @@ class Notifier:
         with self._lock:
             return self._live.setdefault(channel, threading.Event())
 
-    def on_close(self, closer: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        """Await ``closer()`` on the notifier's loop when it stops (to close connections)."""
-        with self._lock:
-            self._closers.append(closer)
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Serve on ``loop`` (the caller's, running) instead of a thread of its own.
-
-        A runner process has one loop that matters: serving there saves a thread
-        hop on every wake-up. Returns False if the notifier already started.
-        """
-        with self._lock:
-            if self._thread is not None or self.loop is not None:
-                return False
-            self.loop = loop
-            self._serving = loop.create_task(self._serve(), name="relay-notifier")
-        self._started.set()
-        return True
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close the connections and end the thread (tests; a process exit needs none)."""
-        if self._thread is None or self.loop is None:
-            return
-        self.submit(self._shutdown()).result(timeout)
-        self._thread.join(timeout)
-
     def on_reconnect(self, handler: Callable[[], None]) -> None:
         """Call ``handler()`` on the notifier thread after every reconnection."""
         with self._lock:
             self._reconnect_handlers.append(handler)
 
-    def submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
-        """Run ``coro`` on the notifier's loop."""
-        self.start()
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+    # -- the notifier's loop --------------------------------------------------
 
-    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
-        """Call ``fn(*args)`` on the notifier's loop."""
-        self.start()
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(fn, *args)
-
-    # -- the notifier thread --------------------------------------------------
-
-    def _main(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-        self.loop.call_soon(self._started.set)
-        self._serving = self.loop.create_task(self._serve())
-        with contextlib.suppress(asyncio.CancelledError):
-            self.loop.run_until_complete(self._serving)
-        self.loop.close()
-
-    async def _shutdown(self) -> None:
+    async def _close(self) -> None:
         self.connected.clear()
-        if self._serving is not None:
-            self._serving.cancel()
         if self._conn is not None:
             await _close_quietly(self._conn)
-        with self._lock:
-            closers = list(self._closers)
-        for closer in closers:
-            await closer()
 
     async def _serve(self) -> None:
         delay = 0.05
@@ -209,9 +139,7 @@ class Notifier:
         if self.probe_ok.is_set() or self._conn is None:
             return
         self._probe_token = f"{os.getpid()}-{uuid.uuid4().hex}"
-        await pg.within_deadline(
-            self._conn.execute("SELECT pg_notify(%s, %s)", (PROBE_CHANNEL, self._probe_token))
-        )
+        await pg.within_deadline(queries.notify(self._conn, PROBE_CHANNEL, self._probe_token))
         assert self.loop is not None
         self.loop.call_later(5.0, self._check_probe)
 
@@ -225,7 +153,7 @@ class Notifier:
             )
 
     async def _listen(self, conn: psycopg.AsyncConnection, channel: str) -> None:
-        await pg.within_deadline(conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel))))
+        await pg.within_deadline(queries.listen(conn, channel))
 
     async def _listen_wanted(self, conn: psycopg.AsyncConnection) -> None:
         with self._lock:
@@ -246,7 +174,7 @@ class Notifier:
             if time.monotonic() >= next_ping:
                 # Health ping: a dead socket raises here, and a server that stopped
                 # answering (a half-open socket) misses the deadline.
-                await asyncio.wait_for(conn.execute("SELECT 1"), settings.LISTENER_PING_TIMEOUT)
+                await asyncio.wait_for(queries.ping(conn), settings.LISTENER_PING_TIMEOUT)
                 next_ping = time.monotonic() + ping_every
 
     def _dispatch(self, channel: str, payload: str) -> None:

@@ -5,15 +5,13 @@ then check). Each ``relay_finished`` NOTIFY names a job; the registry reads the
 outcomes of every notified job in one query and wakes their waiters on the
 waiters' own loops. A backup poll re-reads a waiter's job every ``poll_interval``
 (all waiters due in a tick in one query), so a lost notification costs at most
-that, and a reconnection re-reads every waited job. Jobs that relay() enqueues
-are inserted here too, batched, on the listener's own connection.
+that, and a reconnection re-reads every waited job. The jobs relay() enqueues
+are inserted by :mod:`.inserter`, which hands each waiter back here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import dataclasses
 import heapq
 import itertools
 import logging
@@ -24,8 +22,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import psycopg
-
 from django_relay import codec, queries
 from django_relay.exceptions import (
     RelayCancelled,
@@ -33,9 +29,11 @@ from django_relay.exceptions import (
     RelayError,
     ResultTooLarge,
 )
+from django_relay.listener.futures import resolve
+from django_relay.listener.inserter import Inserter
 from django_relay.listener.notifier import Notifier, get_notifier
 from django_relay.models import TERMINAL_STATES
-from django_relay.pg import CONNECTION_ERRORS, Link
+from django_relay.pg import Link
 
 logger = logging.getLogger("django_relay")
 
@@ -95,39 +93,7 @@ class Waiter:
         """Called on the listener's thread with a fresh read of the job."""
         if self.active and outcome.is_final(self.with_retries):
             self.active = False
-            self.loop.call_soon_threadsafe(_resolve, self.future, outcome)
-
-
-def _resolve(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():  # it may have timed out meanwhile: drop the late news
-        future.set_result(value)
-
-
-def _refused(exc: Exception) -> bool:
-    # The database answered that it refuses the statement (a constraint, bad data, a
-    # trigger's error): nothing was inserted and the connection is fine. A connection
-    # failure (OperationalError) is not a refusal: the batch is sent again as it is.
-    return isinstance(exc, psycopg.DatabaseError) and not isinstance(exc, psycopg.OperationalError)
-
-
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
-#: Job ids a registry reserves at a time for relay()'s inserts.
-_ID_BLOCK = 64
-
-
-@dataclass(slots=True)
-class _Insert:
-    """A job relay() asked to insert, and where to tell it the row."""
-
-    row: queries.NewJob
-    waiter: Waiter
-    inserted: asyncio.Future[tuple[Any, ...]]
-    #: A try may have reached the database: the row may exist.
-    sent: bool = False
+            self.loop.call_soon_threadsafe(resolve, self.future, outcome)
 
 
 class Registry:
@@ -137,10 +103,7 @@ class Registry:
         self.notifier = notifier
         self.waiters: dict[int, set[Waiter]] = {}
         self.link = Link("relay")
-        self.insert_link = Link("relay-insert")
-        self._inserts: list[_Insert] = []
-        self._inserting = False
-        self._ids: collections.deque[int] = collections.deque()
+        self.inserter = Inserter(on_inserted=self.add, on_abandoned=self._cancel_abandoned)
         self._wanted: set[int] = set()
         self._reading = False
         self._polls: list[tuple[float, int, Waiter]] = []
@@ -157,89 +120,6 @@ class Registry:
         if not self._ticking:
             self._ticking = True
             asyncio.get_running_loop().create_task(self._tick())
-
-    def enqueue(
-        self, row: queries.NewJob, waiter: Waiter, inserted: asyncio.Future[tuple[Any, ...]]
-    ) -> None:
-        """Insert ``row`` (with the others queued meanwhile), then wait on it."""
-        self._inserts.append(_Insert(row, waiter, inserted))
-        if not self._inserting:
-            self._inserting = True
-            asyncio.get_running_loop().create_task(self._insert())
-
-    async def _insert(self) -> None:
-        try:
-            while self._inserts:
-                batch, self._inserts = self._inserts, []
-                await self._insert_batch(batch)
-        finally:
-            self._inserting = False
-
-    async def _insert_batch(self, batch: list[_Insert]) -> None:
-        """Insert ``batch``, trying again after connection failures until its callers give up.
-
-        Each row's id is reserved before its first try, so a try whose reply was
-        lost (the connection died, or the deadline passed, with the statement sent)
-        is safe to repeat: the row that landed is found, never inserted twice.
-        """
-        delay = 0.05
-        while True:
-            # A relay that gave up before any try reached the database is simply
-            # not enqueued; one whose try may have landed is settled (and cancelled).
-            batch = [entry for entry in batch if entry.waiter.active or entry.sent]
-            if not batch:
-                return
-
-            async def insert(conn: psycopg.AsyncConnection, rows: list[_Insert]) -> list[Any]:
-                await self._reserve_ids(conn, rows)
-                for entry in rows:
-                    entry.sent = True
-                return await queries.ainsert_reserved_jobs(conn, [entry.row for entry in rows])
-
-            try:
-                returned = await self.insert_link.run(partial(insert, rows=batch), retry=False)
-            except CONNECTION_ERRORS as exc:
-                logger.warning(
-                    "relay insert failed (%s); trying again in %.2fs", exc or "deadline", delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            except Exception as exc:
-                if not _refused(exc):
-                    for entry in batch:
-                        entry.waiter.loop.call_soon_threadsafe(_fail, entry.inserted, exc)
-                    return
-                # Refused: nothing was inserted. Split the batch in halves and insert
-                # each again, so only the rows it refuses fail, each with its own
-                # error, for log2(len(batch)) extra statements per refused row.
-                for entry in batch:
-                    entry.sent = False
-                if len(batch) == 1:
-                    batch[0].waiter.loop.call_soon_threadsafe(_fail, batch[0].inserted, exc)
-                    return
-                half = len(batch) // 2
-                await self._insert_batch(batch[:half])
-                await self._insert_batch(batch[half:])
-                return
-            for entry, saved in zip(batch, returned, strict=True):
-                entry.waiter.job_id = saved[0]
-                if entry.waiter.active:
-                    self.add(entry.waiter)  # subscribe, then check
-                    entry.waiter.loop.call_soon_threadsafe(_resolve, entry.inserted, saved)
-                else:
-                    self._cancel_abandoned(saved[0])
-            return
-
-    async def _reserve_ids(self, conn: psycopg.AsyncConnection, rows: list[_Insert]) -> None:
-        # The id is the insert's idempotency key: given once, kept across tries.
-        # Reserved a block at a time, so a relay rarely pays a round trip for it.
-        missing = [entry for entry in rows if entry.row.id is None]
-        if len(missing) > len(self._ids):
-            wanted = max(len(missing) - len(self._ids), _ID_BLOCK)
-            self._ids.extend(await queries.reserve_job_ids(conn, wanted))
-        for entry in missing:
-            entry.row = dataclasses.replace(entry.row, id=self._ids.popleft())
 
     def abandon(self, waiter: Waiter) -> None:
         """Its relay gave up before it learnt its job's id: that job must not run for nobody.
@@ -339,7 +219,7 @@ def get_registry() -> Registry:
             notifier.listen(queries.FINISHED_CHANNEL, registry.on_finished)
             notifier.on_reconnect(registry.on_reconnect)
             notifier.on_close(registry.link.close)
-            notifier.on_close(registry.insert_link.close)
+            notifier.on_close(registry.inserter.link.close)
             _current = (notifier, registry)
         return _current[1]
 

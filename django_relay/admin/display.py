@@ -15,7 +15,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext as _
 
 from django_relay import codec
-from django_relay.admin_filters import short_name
+from django_relay.admin.filters import short_name
 from django_relay.models import Job, JobState
 from django_relay.registry import lookup
 

@@ -1,4 +1,4 @@
-"""Keeps a runner honest: heartbeat (on its own thread), staging, rescuing orphans, pruning."""
+"""A runner's liveness: its heartbeat, on a thread of its own, and a blocked-loop warning."""
 
 from __future__ import annotations
 
@@ -10,13 +10,10 @@ import logging
 import os
 import socket
 import threading
-import time
-from collections.abc import Awaitable, Callable
 from functools import partial
 
-from django_relay import queries, signals
+from django_relay import queries
 from django_relay.conf import settings
-from django_relay.engine import executor
 from django_relay.pg import Link
 
 logger = logging.getLogger("django_relay")
@@ -72,11 +69,16 @@ class Heartbeat:
         except asyncio.CancelledError:
             pass  # stop()
         finally:
+            if self._stopping.is_set():  # stopped, not crashed: other runners need not wait
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        link.run(lambda conn: queries.forget_node(conn, self.node)), 2.0
+                    )
             await link.close()
             self._done.set_result(None)
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Stop beating (before the node is forgotten, so no beat brings it back)."""
+        """Stop beating, then forget the node (no beat can bring it back)."""
         self._stopping.set()
         if self._thread is None:
             return
@@ -103,66 +105,3 @@ async def watch_loop(stopping: asyncio.Event) -> None:
                 "thread); meanwhile no job of this runner made progress",
                 blocked,
             )
-
-
-class Lifeline:
-    """Periodic upkeep on one connection; each duty on its own period."""
-
-    def __init__(self, node: str, reconcile: Callable[[], Awaitable[None]]) -> None:
-        self.node = node
-        self.link = Link("maintenance")
-        self._reconcile = reconcile
-        self._due: dict[str, float] = {}
-
-    async def run(self, stopping: asyncio.Event) -> None:
-        watcher = asyncio.create_task(watch_loop(stopping), name="relay-loop-watch")
-        try:
-            await self._run(stopping)
-        finally:
-            watcher.cancel()
-
-    async def _run(self, stopping: asyncio.Event) -> None:
-        duties: list[tuple[str, float | None, Callable[[], Awaitable[object]]]] = [
-            ("stage", settings.STAGE_INTERVAL, self._stage),
-            ("rescue", settings.HEARTBEAT_INTERVAL, self._rescue),
-            ("reconcile", settings.HEARTBEAT_INTERVAL, self._reconcile),
-            ("prune", None if settings.PRUNE_AFTER is None else 60.0, self._prune),
-        ]
-        tick = min(period for _, period, _ in duties if period)
-        while not stopping.is_set():
-            now = time.monotonic()
-            for name, period, duty in duties:
-                if period is None or self._due.get(name, 0.0) > now:
-                    continue
-                self._due[name] = now + period
-                try:
-                    await duty()
-                except Exception:
-                    logger.exception("%s failed; it runs again in %ss", name, period)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), tick)
-
-    async def _stage(self) -> None:
-        await self.link.run(queries.stage)
-
-    async def _rescue(self) -> None:
-        rows = await self.link.run(lambda conn: queries.rescue(conn, settings.RESCUE_AFTER))
-        for job_id, state in rows:
-            logger.warning(
-                "job %s rescued from a runner that stopped heartbeating: now %s", job_id, state
-            )
-        discarded = [job_id for job_id, state in rows if state == "discarded"]
-        if discarded:  # its attempts were spent: the rescue ended it
-            executor.soon(executor.announce(signals.job_discarded, discarded))
-
-    async def _prune(self) -> None:
-        deleted = await self.link.run(lambda conn: queries.prune(conn, settings.PRUNE_AFTER))
-        if deleted:
-            logger.info("pruned %s finished jobs", deleted)
-
-    async def close(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                self.link.run(lambda conn: queries.forget_node(conn, self.node)), 2.0
-            )
-        await self.link.close()
