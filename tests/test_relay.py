@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -150,11 +148,10 @@ async def test_await_result_of_a_job_that_already_finished_returns_at_once(start
     start_runner()
     job = await EchoWorker.aenqueue({"value": "early"})
     await wait_for_state(job.id, "completed")
-    began = time.monotonic()
-    # A long poll_interval: only the read right after subscribing can find it.
+    # A poll_interval longer than the timeout, and no NOTIFY to come: only the read
+    # right after subscribing can find it (else RelayTimeout).
     assert await await_result(job, timeout=10, poll_interval=30) == "early"
     assert await await_result(job.id, timeout=10, poll_interval=30) == "early"
-    assert time.monotonic() - began < 2.0
 
 
 async def test_without_retries_the_first_failure_raises_relay_discard(start_runner):
@@ -251,9 +248,7 @@ async def test_await_many_puts_exceptions_in_place_and_returns_partial_results(s
         await CancelWorker.aenqueue({"reason": "nope"}),
         await EchoWorker.aenqueue({"value": {"n": 2}}),
     ]
-    began = time.monotonic()
-    results = await await_many(jobs, timeout=2.0)
-    assert time.monotonic() - began < 6.0
+    results = await await_many(jobs, timeout=2.0)  # returns at its timeout, partial
     ok, unfinished, discarded, cancelled, last = results
     assert ok == "ok"
     assert last == {"n": 2}
@@ -273,18 +268,15 @@ async def test_await_many_puts_exceptions_in_place_and_returns_partial_results(s
 
 
 async def test_await_result_of_a_missing_job_raises_at_once(transactional_db):
-    began = time.monotonic()
     with pytest.raises(RelayError, match="there is no job 999999999") as info:
         await await_result(999_999_999, timeout=10)
-    assert not isinstance(info.value, RelayTimeout)
-    assert time.monotonic() - began < 2.0
+    assert not isinstance(info.value, RelayTimeout)  # at once, not at the timeout
 
 
 def test_relay_sync_inside_atomic_raises_at_once():
-    began = time.monotonic()
+    # At once: waiting out the timeout would raise RelayTimeout, not this.
     with transaction.atomic(), pytest.raises(RelayError, match="transaction") as info:
         EchoWorker.relay_sync({"value": 1}, timeout=10)
-    assert time.monotonic() - began < 2.0
     assert not isinstance(info.value, RelayTimeout)
     assert "inside an open transaction" in str(info.value)
     assert not Job.objects.exists()  # nothing enqueued
@@ -298,10 +290,8 @@ async def test_await_result_inside_atomic_raises_at_once(start_runner):
         with transaction.atomic():
             return async_to_sync(await_result)(job.id, timeout=10)
 
-    began = time.monotonic()
     with pytest.raises(RelayError, match="transaction") as info:
         await sync_to_async(wait_inside_atomic)()
-    assert time.monotonic() - began < 2.0
     assert not isinstance(info.value, RelayTimeout)
     # Outside the transaction the same wait works.
     assert await await_result(job.id, timeout=10) == 1
@@ -461,16 +451,15 @@ async def test_relays_complete_by_polling_when_notifications_are_lost(
     start_runner()
     poll = 0.3
 
-    async def timed(value: int) -> float:
-        began = time.monotonic()
-        assert await EchoWorker.relay({"value": value}, timeout=10, poll_interval=poll) == value
-        return time.monotonic() - began
-
-    sequential = [await timed(i) for i in range(5)]
-    concurrent = await asyncio.gather(*(timed(i) for i in range(20)))
-    assert max(sequential + concurrent) < poll + 2.0
-    # Delivered by the poll, not by a notification: most relays wait a poll tick.
-    assert statistics.median(sequential) >= poll / 2
+    # No relay_finished NOTIFY can arrive (the trigger is disabled): each result is
+    # delivered by the backup poll, sequentially and concurrently. (How soon is the
+    # benchmark's business.)
+    for i in range(5):
+        assert await EchoWorker.relay({"value": i}, timeout=10, poll_interval=poll) == i
+    results = await asyncio.gather(
+        *(EchoWorker.relay({"value": i}, timeout=10, poll_interval=poll) for i in range(20))
+    )
+    assert results == list(range(20))
 
 
 async def own_backends() -> set[int]:
