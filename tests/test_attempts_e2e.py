@@ -192,10 +192,12 @@ def test_rescue_that_discards_a_job_sends_job_discarded(start_runner, tmp_path):
         {"started": str(started), "gate": str(tmp_path / "gate"), "ledger": ledger}
     )
     wait_for(started.exists, 15, message="the job to start")
-    doomed.kill()
     rescuer = start_runner("default=1")
-    # Its first job imports the module that connects the receivers.
+    # The doomed runner's one slot is taken, so the rescuer runs this job, and importing
+    # its module connects the receivers, before any rescue can happen (the doomed runner
+    # is still alive).
     assert wait_for_state(SlowAsyncWorker.enqueue({"value": 1}), "completed").result == 1
+    doomed.kill()
     row = wait_for_state(job, "discarded", timeout=20)
     assert row.errors[-1]["kind"] == "rescued"
     records = wait_for(lambda: read_records(ledger), 10, message="job_discarded in the ledger")
