@@ -225,15 +225,40 @@ def loads(text: str | bytes | None) -> Any:
             text = text.decode()
         # The runner decodes several columns per job: skip the hook when no tag can
         # be in the text (a tag key is spelt literally, or with \\u escapes).
-        if TAG not in text and "\\u" not in text:
-            return json.loads(text)
-        return _STRICT.decode(text)
+        tagless = TAG not in text and "\\u" not in text
+        value = json.loads(text) if tagless else _STRICT.decode(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"stored data is not valid JSON: {exc}") from exc
     except (ValueError, RecursionError) as exc:
         # Valid JSON Python will not build: an int past sys.get_int_max_str_digits(),
         # or nesting deeper than the recursion limit.
         raise DecodeError(f"stored data cannot be decoded: {exc}") from exc
+    # Whether deep nesting raises RecursionError depends on the Python version (3.13
+    # builds 3,000 levels): refuse it explicitly, well past what dumps() writes (its
+    # tags add a level). Text this short cannot nest that deep, so it skips the walk.
+    if len(text) > 2 * MAX_DECODE_DEPTH and _deeper_than(value, MAX_DECODE_DEPTH):
+        raise DecodeError(f"stored data is nested deeper than {MAX_DECODE_DEPTH} levels")
+    return value
+
+
+#: Nesting that :func:`loads` refuses: twice what :func:`dumps` accepts.
+MAX_DECODE_DEPTH = 2 * MAX_DEPTH
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 class TooLarge(EncodeError):

@@ -364,3 +364,13 @@ def test_job_model_json_fields_use_the_codec():
         field = Job._meta.get_field(name)
         assert field.encoder is codec.JSONEncoder
         assert field.decoder is codec.JSONDecoder
+
+
+def test_loads_refuses_nesting_deeper_than_its_limit_on_every_python():
+    # Python 3.12 raises RecursionError near 1,000 levels, 3.13 builds 3,000: the
+    # limit must not depend on that.
+    deep = "[" * (codec.MAX_DECODE_DEPTH + 50) + "]" * (codec.MAX_DECODE_DEPTH + 50)
+    with pytest.raises(DecodeError, match="nested deeper"):
+        codec.loads(deep)
+    fine = "[" * codec.MAX_DEPTH + "]" * codec.MAX_DEPTH
+    assert codec.loads(fine) is not None
