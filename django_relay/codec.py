@@ -237,7 +237,9 @@ def loads(text: str | bytes | None) -> Any:
     # builds 3,000 levels): refuse it explicitly, well past what dumps() writes (its
     # tags add a level). Text this short cannot nest that deep, so it skips the walk.
     if len(text) > 2 * MAX_DECODE_DEPTH and _deeper_than(value, MAX_DECODE_DEPTH):
-        raise DecodeError(f"stored data is nested deeper than {MAX_DECODE_DEPTH} levels")
+        raise DecodeError(
+            f"stored data cannot be decoded: nested deeper than {MAX_DECODE_DEPTH} levels"
+        )
     return value
 
 
@@ -299,10 +301,14 @@ class JSONDecoder(json.JSONDecoder):
 
     def decode(self, s: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().decode(s, *args, **kwargs)
+            value = super().decode(s, *args, **kwargs)
         except (RecursionError, ValueError) as exc:
             if isinstance(exc, json.JSONDecodeError):
                 raise
             # Valid JSON that Python will not build (a 5,000-digit int, nesting past
             # the recursion limit): Django's JSONField then shows the stored text.
             raise json.JSONDecodeError(f"cannot be decoded: {exc}", s, 0) from exc
+        # The same depth limit as loads(), whatever this Python's recursion allows.
+        if len(s) > 2 * MAX_DECODE_DEPTH and _deeper_than(value, MAX_DECODE_DEPTH):
+            raise json.JSONDecodeError(f"nested deeper than {MAX_DECODE_DEPTH} levels", s, 0)
+        return value

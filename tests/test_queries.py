@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import factory
+import psycopg
+import psycopg.errors
 import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
@@ -163,7 +165,13 @@ async def test_claim_plan_stays_on_the_fetch_index_after_an_empty_analyze_and_a_
     plans: list[str] = []
     conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
     await conn.execute("SET plan_cache_mode = force_generic_plan")
-    await conn.execute("LOAD 'auto_explain'")
+    try:
+        await conn.execute("LOAD 'auto_explain'")
+    except psycopg.errors.UndefinedFile:
+        pytest.skip(
+            "this PostgreSQL has no auto_explain (the embedded server's wheel ships no "
+            "contrib modules): run with DATABASE_URL at a full PostgreSQL to check the plan"
+        )
     await conn.execute("SET auto_explain.log_min_duration = 0")
     await conn.execute("SET client_min_messages = log")
     await conn.execute("ANALYZE django_relay_job")
