@@ -14,21 +14,8 @@ from django_relay.exceptions import DecodeError
 from django_relay.models import Job, JobSignal, JobState
 from tests.admin_client import AdminClient, staff_user
 from tests.poison_workers import Unprintable, bad_value
+from tests.test_outcomes import LIMIT, make_job
 from tests.workers import EchoWorker
-
-LIMIT = 8192
-
-
-def make_job(attempt: int = 1, max_attempts: int = 3) -> Job:
-    return Job(
-        id=42,
-        worker=EchoWorker.__relay_worker__,
-        queue="default",
-        state=JobState.EXECUTING,
-        attempt=attempt,
-        max_attempts=max_attempts,
-        claim_token=7,
-    )
 
 
 def decide(outcome: object, **job: int):

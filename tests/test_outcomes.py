@@ -27,6 +27,7 @@ def make_job(attempt: int = 1, max_attempts: int = 3) -> Job:
         state=JobState.EXECUTING,
         attempt=attempt,
         max_attempts=max_attempts,
+        claim_token=7,
     )
 
 
