@@ -17,6 +17,10 @@ DEFAULTS: dict[str, Any] = {
     # libpq DSN for the LISTEN connection, when the alias goes through a pooler
     # in transaction mode (which cannot LISTEN). None: derived from the alias.
     "LISTEN_DSN": None,
+    # psycopg's prepare_threshold for django_relay's own connections. None: never
+    # prepare server-side, which is what a pooler in transaction mode (PgBouncer)
+    # needs. An int (psycopg's default is 5) only with a direct connection.
+    "PREPARE_THRESHOLD": None,
     # Queues a runner serves when ``--queues`` is not given: name -> concurrency.
     "QUEUES": {"default": 10},
     # Size caps, in encoded bytes.

@@ -22,22 +22,48 @@ from django_relay.conf import settings
 logger = logging.getLogger("django_relay")
 R = TypeVar("R")
 
-# Django sets these for its own cursors; our connections use psycopg's defaults.
+# Django sets these for its own cursors; ours use psycopg's, and RELAY's threshold.
 _DJANGO_ONLY = ("cursor_factory", "context", "prepare_threshold")
 
 
 #: What a failed connection raises: psycopg's error, or our deadline passing.
+#: Not every such error is a lost connection: see :func:`lost`.
 CONNECTION_ERRORS = (psycopg.OperationalError, TimeoutError)
 
 
+class ConnectionLost(Exception):
+    """A connection of ours failed, or a statement missed its deadline (see ``__cause__``)."""
+
+
+def lost(exc: BaseException, conn: psycopg.AsyncConnection | None) -> bool:
+    """Whether ``exc``, raised by a statement on ``conn``, means the connection is gone.
+
+    Our deadline passing leaves the connection in an unknown state, and a
+    psycopg error with no SQLSTATE comes from the client (the socket closed, the
+    server stopped answering). An error the server sent on a connection that is
+    still open is an answer, not a failure, even in OperationalError's classes
+    (a cancelled query, a lock not available, or ``08P01``: a pooler that bound
+    one client's prepared statement to another's parameters).
+    """
+    if isinstance(exc, TimeoutError):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    return exc.sqlstate is None or conn is None or conn.closed
+
+
 def connect_kwargs() -> dict[str, Any]:
-    """psycopg keyword arguments for the jobs' database, from ``DATABASES``."""
+    """psycopg keyword arguments for the jobs' database, from ``DATABASES``.
+
+    No server-side prepared statements unless ``RELAY["PREPARE_THRESHOLD"]`` asks
+    for them: behind a pooler in transaction mode, a statement one client prepared
+    is found (or missed) by another on the same server connection.
+    """
     wrapper = connections[settings.DATABASE_ALIAS]
     params = wrapper.get_connection_params()
     for key in _DJANGO_ONLY:
         params.pop(key, None)
-    if "prepare_threshold" in wrapper.settings_dict.get("OPTIONS", {}):
-        params["prepare_threshold"] = wrapper.settings_dict["OPTIONS"]["prepare_threshold"]
+    params["prepare_threshold"] = settings.PREPARE_THRESHOLD
     return params
 
 
@@ -67,7 +93,7 @@ async def connect(*, listen: bool = False) -> psycopg.AsyncConnection:
     """
     if listen and settings.LISTEN_DSN:
         dsn = settings.LISTEN_DSN
-        given = conninfo_to_dict(dsn)
+        given = {"prepare_threshold": settings.PREPARE_THRESHOLD, **conninfo_to_dict(dsn)}
     else:
         dsn, given = "", connect_kwargs()
     params = {**deadline_params(), **given}
@@ -102,7 +128,10 @@ class Link:
     async def run(
         self, fn: Callable[[psycopg.AsyncConnection], Awaitable[R]], *, retry: bool = True
     ) -> R:
-        """``fn(conn)``; with ``retry=False`` a connection error is raised, not retried."""
+        """``fn(conn)``; with ``retry=False`` a lost connection raises ``ConnectionLost``.
+
+        An error the server answered with (not a lost connection) is raised as is.
+        """
         delay = 0.05
         while True:
             try:
@@ -117,17 +146,18 @@ class Link:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
             except CONNECTION_ERRORS as exc:
+                if not lost(exc, self._conn):
+                    raise  # the server answered with an error: the connection is fine
                 # Past the deadline the connection is in an unknown state: replace it.
+                await self._discard()
                 if not retry:
-                    await self._discard()
-                    raise
+                    raise ConnectionLost(str(exc)) from exc
                 logger.warning(
                     "%s connection failed (%s); retrying in %.2fs",
                     self.name,
                     exc or "no answer within RELAY['STATEMENT_TIMEOUT']",
                     delay,
                 )
-                await self._discard()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_backoff)
 

@@ -21,15 +21,16 @@ import psycopg
 
 from django_relay import queries
 from django_relay.listener.futures import fail, resolve
-from django_relay.pg import CONNECTION_ERRORS, Link
+from django_relay.pg import ConnectionLost, Link
 
 logger = logging.getLogger("django_relay")
 
 
 def _refused(exc: Exception) -> bool:
     # The database answered that it refuses the statement (a constraint, bad data, a
-    # trigger's error): nothing was inserted and the connection is fine. A connection
-    # failure (OperationalError) is not a refusal: the batch is sent again as it is.
+    # trigger's error): nothing was inserted and the connection is fine. Any other
+    # error the server answered with (OperationalError's classes) fails the batch as
+    # it is; a lost connection (ConnectionLost) is not an answer: the batch is sent again.
     return isinstance(exc, psycopg.DatabaseError) and not isinstance(exc, psycopg.OperationalError)
 
 
@@ -109,7 +110,7 @@ class Inserter:
 
             try:
                 returned = await self.link.run(partial(insert, rows=batch), retry=False)
-            except CONNECTION_ERRORS as exc:
+            except ConnectionLost as exc:
                 logger.warning(
                     "relay insert failed (%s); trying again in %.2fs", exc or "deadline", delay
                 )
