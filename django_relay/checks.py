@@ -57,6 +57,34 @@ def check_postgresql(app_configs: Any, **kwargs: Any) -> list[Error]:
     ]
 
 
+@register(Tags.database)
+def check_listen(app_configs: Any, **kwargs: Any) -> list[Error]:
+    """LISTEN receives a NOTIFY sent from another connection (``listener.probe``).
+
+    Tagged ``database``: Django runs it for ``check --database``, not on every
+    command. ``relayworker`` runs the same probe before it starts.
+    """
+    databases = kwargs.get("databases") or ()
+    relay = getattr(django_settings, "RELAY", {})
+    alias = relay.get("DATABASE_ALIAS", "default") if isinstance(relay, dict) else None
+    if not databases or alias not in databases or alias not in django_settings.DATABASES:
+        return []
+    if connections[alias].vendor != "postgresql":
+        return []  # E001
+    from django_relay.listener import probe
+
+    try:
+        probe.probe_sync()
+    except probe.ListenBroken as exc:
+        message, hint = str(exc), None
+    except Exception as exc:
+        message = f"The LISTEN probe could not connect to the database: {exc}"
+        hint = "Check DATABASES and RELAY['LISTEN_DSN']."
+    else:
+        return []
+    return [Error(message, hint=hint, id="django_relay.E012")]
+
+
 @register()
 def check_relay_setting(app_configs: Any, **kwargs: Any) -> list[Error | Warning]:
     relay = getattr(django_settings, "RELAY", {})
@@ -85,6 +113,15 @@ def check_relay_setting(app_configs: Any, **kwargs: Any) -> list[Error | Warning
         errors.append(
             Error(
                 f"RELAY['PRUNE_AFTER'] must be a positive number or None, not {prune!r}.",
+                id="django_relay.E005",
+            )
+        )
+    threshold = settings.PREPARE_THRESHOLD
+    if threshold is not None and (type(threshold) is not int or threshold < 0):
+        errors.append(
+            Error(
+                f"RELAY['PREPARE_THRESHOLD'] must be None or an int >= 0, not {threshold!r}.",
+                hint="None (the default) is safe behind a pooler in transaction mode.",
                 id="django_relay.E005",
             )
         )

@@ -128,7 +128,8 @@ def assert_sound(audit: ledger.Audit, fleet: Fleet, rounds: Sequence[dict[str, A
     assert fleet.crashed() == []
 
 
-#: The statements a listener's connection runs: LISTEN, its probe NOTIFY, its ping.
+#: The statements a listener's connection runs: LISTEN and its ping (and, on the probe's
+#: connections, LISTEN and pg_notify).
 LISTENER_QUERIES = ["LISTEN%", "SELECT pg_notify%", "SELECT 1"]
 
 

@@ -135,6 +135,9 @@ def test_e004_reports_each_unknown_key():
         ("RESCUE_AFTER", "60"),
         ("PRUNE_AFTER", 0),
         ("PRUNE_AFTER", "7d"),
+        ("PREPARE_THRESHOLD", -1),
+        ("PREPARE_THRESHOLD", "5"),
+        ("PREPARE_THRESHOLD", True),
     ],
     ids=repr,
 )
@@ -149,6 +152,9 @@ def test_e005_bad_numbers_are_refused_naming_the_key(key, value):
     "relay",
     [
         {"PRUNE_AFTER": None},
+        {"PREPARE_THRESHOLD": None},
+        {"PREPARE_THRESHOLD": 0},
+        {"PREPARE_THRESHOLD": 5},
         {"MAX_ARGS_BYTES": 1},
         {"POLL_INTERVAL": 0.01},
         {"GRACE_PERIOD": 600},
@@ -268,3 +274,30 @@ def test_an_optional_feature_without_its_package_is_an_error(
     with override_settings(RELAY={key: True}):
         errors = [e for e in run_checks() if e.id == f"django_relay.{check_id}"]
     assert [e.hint for e in errors] == [hint]
+
+
+# -- E012: LISTEN receives a NOTIFY from another connection -----------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_e012_passes_when_listen_receives():
+    assert checks.check_listen(None, databases=["default"]) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_e012_a_listen_that_hears_nothing_names_the_setting():
+    # NOTIFY reaches only its own database's sessions: as deaf as LISTEN through a pooler
+    # in transaction mode (tests/test_pooler.py runs that case against a real PgBouncer).
+    db = settings.DATABASES["default"]
+    dsn = f"host={db['HOST'] or '127.0.0.1'} port={db['PORT'] or 5432} user={db['USER']} "
+    with override_settings(RELAY={"LISTEN_DSN": dsn + "dbname=postgres"}):
+        errors = checks.check_listen(None, databases=["default"])
+    assert ids(errors) == ["django_relay.E012"]
+    assert "LISTEN does not work through RELAY['LISTEN_DSN']" in errors[0].msg
+    assert "Set RELAY['LISTEN_DSN'] to a direct connection" in errors[0].msg
+
+
+def test_e012_runs_only_when_the_jobs_database_is_named():
+    # A database check: plain ``manage.py check`` and every command's checks stay offline.
+    assert checks.check_listen(None) == []
+    assert checks.check_listen(None, databases=["channels_postgres"]) == []

@@ -12,7 +12,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -20,6 +19,7 @@ import psycopg
 
 from django_relay import pg, queries
 from django_relay.conf import settings
+from django_relay.listener import probe
 from django_relay.listener.loop import LoopHost
 from django_relay.queries import (
     AVAILABLE_CHANNEL,
@@ -31,7 +31,6 @@ from django_relay.queries import (
 logger = logging.getLogger("django_relay")
 
 Handler = Callable[[str], None]
-PROBE_CHANNEL = "relay_probe"
 #: How long the pump waits for notifications before looking after its channels.
 _TICK = 0.05
 CHANNELS = (AVAILABLE_CHANNEL, FINISHED_CHANNEL, SIGNAL_CHANNEL, QUEUE_CHANNEL)
@@ -51,8 +50,10 @@ class Notifier(LoopHost):
         self.connected = threading.Event()
         #: Incremented on each (re)connection; a waiter compares it to spot gaps.
         self.epoch = 0
-        self._probe_token = ""
+        #: Set once the LISTEN probe passed (``listener.probe``); a runner that
+        #: probed before starting sets it, so the notifier does not probe again.
         self.probe_ok = threading.Event()
+        self._probing: asyncio.Task[None] | None = None
         self._live: dict[str, threading.Event] = {}
 
     # -- any thread -----------------------------------------------------------
@@ -92,6 +93,8 @@ class Notifier(LoopHost):
 
     async def _close(self) -> None:
         self.connected.clear()
+        if self._probing is not None:
+            self._probing.cancel()
         if self._conn is not None:
             await _close_quietly(self._conn)
 
@@ -100,12 +103,12 @@ class Notifier(LoopHost):
         while True:
             try:
                 self._conn = await pg.connect(listen=True)
-                await self._listen(self._conn, PROBE_CHANNEL)
                 await self._listen_wanted(self._conn)
                 self.epoch += 1
                 self.connected.set()
                 delay = 0.05
-                await self._probe()
+                if not self.probe_ok.is_set() and self._probing is None:
+                    self._probing = asyncio.get_running_loop().create_task(self._probe())
                 with self._lock:
                     reconnect_handlers = list(self._reconnect_handlers)
                 for handler in reconnect_handlers:
@@ -121,7 +124,7 @@ class Notifier(LoopHost):
                 with self._lock:
                     for event in self._live.values():
                         event.clear()
-                if isinstance(exc, pg.CONNECTION_ERRORS):
+                if pg.lost(exc, self._conn):
                     logger.warning(
                         "listener connection lost (%s); reconnecting in %.2fs",
                         exc or "no answer within its deadline",
@@ -135,22 +138,18 @@ class Notifier(LoopHost):
                 delay = min(delay * 2, 5.0)
 
     async def _probe(self) -> None:
-        # A pooler in transaction mode swallows NOTIFY to this session: say so once.
-        if self.probe_ok.is_set() or self._conn is None:
+        # Once per process, beside the pump: a LISTEN that cannot receive (a pooler
+        # in transaction mode) leaves every wait to its backup poll. Say so loudly.
+        try:
+            await probe.probe()
+        except probe.ListenBroken as exc:
+            logger.error("%s Until then, results and wake-ups arrive by polling only.", exc)
+        except Exception as exc:
+            logger.warning("the LISTEN probe could not run (%s); it runs on reconnection", exc)
+            self._probing = None
             return
-        self._probe_token = f"{os.getpid()}-{uuid.uuid4().hex}"
-        await pg.within_deadline(queries.notify(self._conn, PROBE_CHANNEL, self._probe_token))
-        assert self.loop is not None
-        self.loop.call_later(5.0, self._check_probe)
-
-    def _check_probe(self) -> None:
-        if not self.probe_ok.is_set():
-            logger.warning(
-                "the listener sent itself a NOTIFY and never received it: LISTEN does not "
-                "work through this connection (a pooler in transaction mode?). Set "
-                "RELAY['LISTEN_DSN'] to a direct connection; until then results arrive "
-                "by polling only."
-            )
+        else:
+            self.probe_ok.set()
 
     async def _listen(self, conn: psycopg.AsyncConnection, channel: str) -> None:
         await pg.within_deadline(queries.listen(conn, channel))
@@ -178,10 +177,6 @@ class Notifier(LoopHost):
                 next_ping = time.monotonic() + ping_every
 
     def _dispatch(self, channel: str, payload: str) -> None:
-        if channel == PROBE_CHANNEL:
-            if payload == self._probe_token:
-                self.probe_ok.set()
-            return
         with self._lock:
             handlers = list(self._handlers.get(channel, ()))
         for handler in handlers:

@@ -16,6 +16,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django_relay import signal_handlers
 from django_relay.conf import settings
 from django_relay.engine.runner import Runner
+from django_relay.listener import probe
+from django_relay.listener.notifier import get_notifier
 from django_relay.registry import validate_queue
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -155,4 +157,25 @@ class Command(BaseCommand):
                 self.stdout.write(runner.ready_line())
                 self.stdout.flush()
 
+        await _probe_listen()
         await runner.run(stopping, grace=grace, on_ready=on_ready)
+
+
+async def _probe_listen() -> None:
+    """Refuse to start when LISTEN cannot receive (the check django_relay.E012 says why).
+
+    A runner whose listener hears nothing claims only every ``FETCH_INTERVAL``,
+    and its relays wait for their backup poll: slow, silently. A database that
+    cannot be reached yet is not refused: the runner waits for it as usual, and
+    its listener probes once connected (an ERROR in the log if LISTEN fails).
+    """
+    try:
+        await probe.probe()
+    except probe.ListenBroken as exc:
+        raise CommandError(f"{exc} (django_relay.E012)") from None
+    except Exception as exc:
+        logging.getLogger("django_relay").warning(
+            "the LISTEN probe could not run (%s); the listener probes once connected", exc
+        )
+    else:
+        get_notifier().probe_ok.set()
