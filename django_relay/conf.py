@@ -33,9 +33,11 @@ DEFAULTS: dict[str, Any] = {
     "FETCH_INTERVAL": 1.0,
     # Runner: how often scheduled/retryable jobs that are due are made available.
     "STAGE_INTERVAL": 1.0,
-    # Runner: heartbeat period, and how long without one before its jobs are rescued.
+    # Runner: heartbeat period (on a thread of its own), and how long without one
+    # before its jobs are rescued: three missed beats, so a relay waiting the default
+    # 30 s gets its result when its runner's host vanished mid-job.
     "HEARTBEAT_INTERVAL": 5.0,
-    "RESCUE_AFTER": 60.0,
+    "RESCUE_AFTER": 15.0,
     # Runner: warn when its event loop was blocked this long (a job calling blocking
     # code from an async process; the heartbeat has its own thread, so no rescue).
     "LOOP_BLOCKED_WARNING": 1.0,
