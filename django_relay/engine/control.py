@@ -49,12 +49,14 @@ def setting_for(row: queries.QueueRow | None, node: str, configured: int) -> Set
 class QueueControl:
     """Reads the ``Queue`` rows at start, on each NOTIFY, and every so often."""
 
-    def __init__(self, node: str, producers: dict[str, Producer], configured: dict[str, int]):
+    def __init__(
+        self, node: str, producers: dict[str, Producer], configured: dict[str, int], link: Link
+    ) -> None:
         self.node = node
         self.hostname = socket.gethostname()
         self._producers = producers
         self._configured = configured
-        self._link = Link("control")
+        self._link = link  # the runner's upkeep link, shared with its periodic duties
         self._changed = asyncio.Event()
 
     def changed(self) -> None:
@@ -88,6 +90,3 @@ class QueueControl:
                 await self.refresh()
             except Exception:
                 logger.exception("reading the queues' settings failed; trying again later")
-
-    async def close(self) -> None:
-        await self._link.close()

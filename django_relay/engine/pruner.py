@@ -9,6 +9,7 @@ import psycopg
 from django_relay import queries
 from django_relay.conf import settings
 from django_relay.engine.service import Exclusive
+from django_relay.pg import Link
 
 logger = logging.getLogger("django_relay")
 
@@ -18,8 +19,8 @@ class Pruner(Exclusive):
 
     name = duty = "prune"
 
-    def __init__(self) -> None:
-        super().__init__(60.0)
+    def __init__(self, link: Link) -> None:
+        super().__init__(60.0, link)
 
     async def run(self, conn: psycopg.AsyncConnection) -> int:
         assert settings.PRUNE_AFTER is not None  # the runner starts no pruner otherwise

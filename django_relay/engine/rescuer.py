@@ -10,6 +10,7 @@ from django_relay import queries, signals
 from django_relay.conf import settings
 from django_relay.engine import executor
 from django_relay.engine.service import Exclusive
+from django_relay.pg import Link
 
 logger = logging.getLogger("django_relay")
 
@@ -19,8 +20,8 @@ class Rescuer(Exclusive):
 
     name = duty = "rescue"
 
-    def __init__(self) -> None:
-        super().__init__(settings.HEARTBEAT_INTERVAL)
+    def __init__(self, link: Link) -> None:
+        super().__init__(settings.HEARTBEAT_INTERVAL, link)
 
     async def run(self, conn: psycopg.AsyncConnection) -> list[tuple[int, str]]:
         return await queries.rescue(conn, settings.RESCUE_AFTER)

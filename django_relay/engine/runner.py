@@ -51,16 +51,23 @@ class Runner:
             )
             for name, limit in self.queues.items()
         }
-        self.control = QueueControl(self.node, self.producers, self.queues)
+        # Queue control and the periodic duties share one connection: each runs for
+        # milliseconds every second or more (see "Running at scale" in README.rst).
+        self._upkeep = Link("upkeep")
+        self.control = QueueControl(self.node, self.producers, self.queues, self._upkeep)
         entries = periodic.entries()
         self.scheduler = Scheduler(entries) if entries else None
         self.failed = False
         self.heartbeat = Heartbeat(self.node, self.queues)
         # Staging, rescuing and pruning: one runner at a time (advisory locks);
         # reconciling: every runner, for its own claims.
-        self.services: list[Periodic] = [Stager(), Rescuer(), Reconciler(self._reconcile)]
+        self.services: list[Periodic] = [
+            Stager(self._upkeep),
+            Rescuer(self._upkeep),
+            Reconciler(self._reconcile),
+        ]
         if settings.PRUNE_AFTER is not None:
-            self.services.append(Pruner())
+            self.services.append(Pruner(self._upkeep))
 
     def ready_line(self) -> str:
         queues = ", ".join(f"{q}={n}" for q, n in self.queues.items())
@@ -191,13 +198,13 @@ class Runner:
             watcher.cancel()
             self.control.changed()  # wakes its loop, which sees ``stopping``
             await asyncio.gather(*flow, return_exceptions=True)
-            await self.control.close()
             await self._stop(workers, settings.GRACE_PERIOD if grace is None else grace)
 
     async def _stop(self, workers: list[asyncio.Task[None]], grace: float) -> None:
         self._wake_all()  # producers see ``stopping`` and return: no more claims
         # The periodic duties end now, as before any job is waited for.
         await asyncio.gather(*(service.stop() for service in self.services))
+        await self._upkeep.close()
         await asyncio.gather(*workers, return_exceptions=True)
         tasks = {t for p in self.producers.values() for t in p.running.values()}
         if tasks:

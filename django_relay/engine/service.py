@@ -58,15 +58,20 @@ class Exclusive(Periodic):
     Each run takes the duty's advisory lock for its own transaction; a runner that
     finds it taken skips that run. Nothing is held between runs, so a runner that
     died, hung or was stopped (SIGSTOP) blocks no other: the next runner to try
-    performs the duty.
+    performs the duty. The lock is transaction-scoped, so it also works through a
+    pooler in transaction mode.
+
+    A runner's duties share one connection (``link``, the runner's upkeep link):
+    they run seconds apart and briefly, so a connection each would only add to the
+    server's count (a long prune delays a stage by as long as it takes).
     """
 
     #: The duty's advisory lock (``queries.DUTY_LOCKS``).
     duty = ""
 
-    def __init__(self, period: float) -> None:
+    def __init__(self, period: float, link: Link) -> None:
         super().__init__(period)
-        self.link = Link(self.name)
+        self.link = link
 
     async def run(self, conn: psycopg.AsyncConnection) -> Any:
         raise NotImplementedError
@@ -86,7 +91,3 @@ class Exclusive(Periodic):
             if not await queries.take_duty_lock(conn, self.duty, settings.RESCUE_AFTER):
                 return False, None
             return True, await self.run(conn)
-
-    async def stop(self) -> None:
-        await super().stop()
-        await self.link.close()

@@ -7,6 +7,7 @@ import psycopg
 from django_relay import queries
 from django_relay.conf import settings
 from django_relay.engine.service import Exclusive
+from django_relay.pg import Link
 
 
 class Stager(Exclusive):
@@ -14,8 +15,8 @@ class Stager(Exclusive):
 
     name = duty = "stage"
 
-    def __init__(self) -> None:
-        super().__init__(settings.STAGE_INTERVAL)
+    def __init__(self, link: Link) -> None:
+        super().__init__(settings.STAGE_INTERVAL, link)
 
     async def run(self, conn: psycopg.AsyncConnection) -> int:
         return await queries.stage(conn)
