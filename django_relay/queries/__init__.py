@@ -3,7 +3,8 @@
 Enqueueing runs on Django's connection (so it joins the caller's transaction);
 the runner and the relay listener run these statements on their own psycopg
 connections, where batches of ids travel as arrays: one round trip for many
-jobs, with a statement whose text never changes (so it stays prepared).
+jobs, with a statement whose text never changes (so it can stay prepared, on a
+direct connection with ``RELAY["PREPARE_THRESHOLD"]`` set).
 """
 
 from django_relay.queries.channels import (
