@@ -41,7 +41,7 @@ NOTIFY = "SELECT pg_notify(%s, %s)"
 
 
 async def notify(conn: AsyncConnection, channel: str, payload: str) -> None:
-    """Send ``payload`` on ``channel`` (the listener's probe of its own connection)."""
+    """Send ``payload`` on ``channel`` (the LISTEN probe, from its second connection)."""
     await conn.execute(NOTIFY, (channel, payload))
 
 
