@@ -44,22 +44,26 @@ class PgBouncer:
         port: the server's port.
         user: the user clients connect as (trusted, no password).
         pool_size: server connections per database and user (``default_pool_size``).
+        listen_addr: the address PgBouncer listens on (a bridge's, for clients in
+            network namespaces); its port is a free one on 127.0.0.1.
     """
 
-    def __init__(self, host: str, port: int, user: str, *, pool_size: int = 4) -> None:
+    def __init__(
+        self, host: str, port: int, user: str, *, pool_size: int = 4, listen_addr: str = "127.0.0.1"
+    ) -> None:
         self.user = user
+        self.host = listen_addr
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="relay-pgbouncer-"))
         self.log = self.root / "pgbouncer.log"
         (self.root / "users.txt").write_text(f'"{user}" ""\n')
-        # The admin console's user: SHOW POOLS/SERVERS for the tests that count.
         conf = {
-            "listen_addr": "127.0.0.1",
+            "listen_addr": listen_addr,
             "listen_port": self.port,
             "unix_socket_dir": "",
             "auth_type": "trust",
             "auth_file": self.root / "users.txt",
-            "admin_users": user,
+            "admin_users": user,  # SHOW POOLS/SERVERS, for the tests that count
             "pool_mode": "transaction",
             "default_pool_size": pool_size,
             "min_pool_size": 0,
@@ -67,8 +71,8 @@ class PgBouncer:
             "max_client_conn": 2000,
             "logfile": self.log,
             "pidfile": self.root / "pgbouncer.pid",
-            # Relays and runners send these as startup parameters; a transaction pooler
-            # cannot keep them per client, and refuses the connection unless told to ignore.
+            # Startup parameters PgBouncer refuses unless told to ignore them (django_relay
+            # sends none; a DATABASES OPTIONS "options" or another driver might).
             "ignore_startup_parameters": "extra_float_digits,options,statement_timeout",
         }
         lines = ["[databases]", f"* = host={host} port={port}", "", "[pgbouncer]"]
@@ -112,12 +116,12 @@ class PgBouncer:
     def conninfo(self, dbname: str, **params: Any) -> str:
         """A libpq conninfo string for ``dbname`` through PgBouncer."""
         return psycopg.conninfo.make_conninfo(
-            host="127.0.0.1", port=self.port, user=self.user, dbname=dbname, **params
+            host=self.host, port=self.port, user=self.user, dbname=dbname, **params
         )
 
     def url(self, dbname: str) -> str:
         """A ``postgres://`` URL (for ``DATABASE_URL``) of ``dbname`` through PgBouncer."""
-        return f"postgres://{self.user}@127.0.0.1:{self.port}/{dbname}"
+        return f"postgres://{self.user}@{self.host}:{self.port}/{dbname}"
 
     def show(self, what: str) -> list[dict[str, Any]]:
         """``SHOW what`` on the admin console (``pools``, ``servers``, ``clients``...)."""
