@@ -11,13 +11,14 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from django_relay import codec
-from django_relay.queries import (
-    AVAILABLE_CHANNEL,
-    FINISHED_CHANNEL,
-    QUEUE_CHANNEL,
-    SIGNAL_CHANNEL,
+from django_relay.queries import QUEUE_CHANNEL, SIGNAL_CHANNEL
+from django_relay.queries.triggers import (
+    AVAILABLE_INSERTED,
+    AVAILABLE_UPDATED,
+    FINISHED,
+    SIGNAL_WAKE,
+    WORKFLOW_ADVANCE,
 )
-from django_relay.queries.triggers import SIGNAL_WAKE, WORKFLOW_ADVANCE
 
 
 class JobState(models.TextChoices):
@@ -195,35 +196,31 @@ class Job(models.Model):
                 ),
                 func="NEW.unique_key := NULL; RETURN NEW;",
             ),
+            # One NOTIFY per statement (per queue, or per 100 finished jobs), not per
+            # row: transition tables give the statement's rows (see queries.triggers).
             pgtrigger.Trigger(
                 name="relay_available_insert",
+                level=pgtrigger.Statement,
                 when=pgtrigger.After,
                 operation=pgtrigger.Insert,
-                condition=pgtrigger.Condition("NEW.state = 'available'"),
-                func=_notify(AVAILABLE_CHANNEL, "NEW.queue"),
+                referencing=pgtrigger.Referencing(new="new_rows"),  # type: ignore[no-untyped-call]
+                func=AVAILABLE_INSERTED,
             ),
             pgtrigger.Trigger(
                 name="relay_available_update",
+                level=pgtrigger.Statement,
                 when=pgtrigger.After,
                 operation=pgtrigger.Update,
-                condition=pgtrigger.Condition(
-                    "NEW.state = 'available' AND OLD.state IS DISTINCT FROM NEW.state"
-                ),
-                func=_notify(AVAILABLE_CHANNEL, "NEW.queue"),
+                referencing=pgtrigger.Referencing(old="old_rows", new="new_rows"),  # type: ignore[no-untyped-call]
+                func=AVAILABLE_UPDATED,
             ),
             pgtrigger.Trigger(
                 name="relay_finished",
+                level=pgtrigger.Statement,
                 when=pgtrigger.After,
                 operation=pgtrigger.Update,
-                condition=pgtrigger.Condition(
-                    "OLD.state IS DISTINCT FROM NEW.state AND (OLD.state = 'executing'"
-                    " OR NEW.state IN ('completed', 'discarded', 'cancelled'))"
-                ),
-                func=_notify(
-                    FINISHED_CHANNEL,
-                    "json_build_object('id', NEW.id, 'state', NEW.state,"
-                    " 'attempt', NEW.attempt)::text",
-                ),
+                referencing=pgtrigger.Referencing(old="old_rows", new="new_rows"),  # type: ignore[no-untyped-call]
+                func=FINISHED,
             ),
             pgtrigger.Trigger(
                 name="relay_workflow_advance",

@@ -75,11 +75,15 @@ async def collect(listener: AsyncConnection, count: int, timeout: float = 5.0) -
     """Up to ``count`` notifications as ``(channel, payload)``; fewer if ``timeout`` passes."""
     got = []
     async for note in listener.notifies(timeout=timeout, stop_after=count):
-        payload = note.payload
+        payload: Any = note.payload
         if note.channel == queries.FINISHED_CHANNEL:
-            # The contract is the id and the state; other keys may ride along.
-            data = json.loads(payload)
-            payload = {"id": data["id"], "state": data["state"]}
+            # The contract: [id, state, attempt] per job the statement finished.
+            payload = [(job_id, state) for job_id, state, _ in json.loads(payload)]
+        elif note.channel == queries.AVAILABLE_CHANNEL:
+            # The contract: the queue and how many of its jobs became available.
+            available = queries.available_payload(payload)
+            assert available is not None, payload
+            payload = (available.queue, available.count)
         got.append((note.channel, payload))
     return got
 
@@ -697,14 +701,14 @@ async def test_prune_deletes_only_finished_jobs_older_than_the_cutoff(conn):
 
 async def test_inserting_available_jobs_notifies_their_queue(listener):
     await EchoWorker.aenqueue({"value": 1}, queue="mail")
-    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "mail")]
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, ("mail", 1))]
 
 
 async def test_inserting_a_scheduled_job_does_not_notify(listener):
     await EchoWorker.aenqueue({}, schedule_in=3600, queue="later")
     await EchoWorker.aenqueue({}, queue="marker")
     # Notifications arrive in commit order: the marker's is the first one.
-    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "marker")]
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, ("marker", 1))]
 
 
 async def test_one_insert_of_many_notifies_each_queue(listener):
@@ -714,24 +718,69 @@ async def test_one_insert_of_many_notifies_each_queue(listener):
         [EchoWorker.new(queue="q1"), EchoWorker.new(queue="q2"), EchoWorker.new(queue="q1")]
     )
     notes = await collect(listener, 2)
-    assert sorted(notes) == [(queries.AVAILABLE_CHANNEL, "q1"), (queries.AVAILABLE_CHANNEL, "q2")]
+    assert sorted(notes) == [
+        (queries.AVAILABLE_CHANNEL, ("q1", 2)),
+        (queries.AVAILABLE_CHANNEL, ("q2", 1)),
+    ]
+
+
+async def test_enqueue_many_sends_one_notification_per_queue_with_its_count(listener):
+    from django_relay import aenqueue_many
+
+    await aenqueue_many(
+        [EchoWorker.new(queue="bulk") for _ in range(250)] + [EchoWorker.new(queue="other")]
+    )
+    # Waits for a third notification, which never comes: one per queue per statement.
+    notes = await collect(listener, 3, timeout=1.0)
+    assert sorted(notes) == [
+        (queries.AVAILABLE_CHANNEL, ("bulk", 250)),
+        (queries.AVAILABLE_CHANNEL, ("other", 1)),
+    ]
+
+
+async def test_available_notifications_are_numbered_for_the_runners_turns(listener):
+    await EchoWorker.aenqueue({}, queue="turns")
+    await EchoWorker.aenqueue({}, queue="turns")
+    notes = [
+        queries.available_payload(note.payload)
+        async for note in listener.notifies(timeout=5.0, stop_after=2)
+    ]
+    assert [(n.queue, n.count, n.hops) for n in notes if n] == [("turns", 1, 0)] * 2
+    first, second = notes
+    assert first and second and second.seq > first.seq
+
+
+async def test_an_ack_of_many_jobs_sends_their_outcomes_in_batches_of_100(conn, listener):
+    from django_relay import aenqueue_many
+
+    jobs = await aenqueue_many([EchoWorker.new(queue="bulk") for _ in range(250)])
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, ("bulk", 250))]
+    rows = await queries.claim(conn, "bulk", 250, ME)
+    acks = [Ack(row[0], 1, JobState.COMPLETED, result="1", token=row[-1]) for row in rows]
+    assert len(await queries.ack(conn, ME, acks)) == 250
+    notes = await collect(listener, 4, timeout=1.0)
+    assert [(channel, len(events)) for channel, events in notes] == [
+        (queries.FINISHED_CHANNEL, 100),
+        (queries.FINISHED_CHANNEL, 100),
+        (queries.FINISHED_CHANNEL, 50),
+    ]
+    finished = sorted(event for _, events in notes for event in events)
+    assert finished == sorted((job.pk, "completed") for job in jobs)
 
 
 async def test_staging_notifies_the_queue(conn, listener):
     await make(state=JobState.SCHEDULED, scheduled_at=ago(1), queue="staged")
     assert await queries.stage(conn) == 1
-    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "staged")]
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, ("staged", 1))]
 
 
 async def test_claim_does_not_notify_but_leaving_executing_does(conn, listener):
     job = await make(queue="work")
-    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "work")]
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, ("work", 1))]
     token = (await claim_one(conn, job))[-1]
     await queries.ack(conn, ME, [Ack(job.pk, 1, JobState.COMPLETED, result="1", token=token)])
     # The first notification after the claim is the ack's: available -> executing sent none.
-    assert await collect(listener, 1) == [
-        (queries.FINISHED_CHANNEL, {"id": job.pk, "state": "completed"})
-    ]
+    assert await collect(listener, 1) == [(queries.FINISHED_CHANNEL, [(job.pk, "completed")])]
 
 
 @pytest.mark.parametrize(
@@ -750,21 +799,21 @@ async def test_every_way_out_of_executing_notifies_finished(conn, listener, ack)
     assert await queries.ack(conn, ME, [Ack(job.pk, 1, token=token, **ack)]) == {token}
     notes = await collect(listener, 2)
     assert notes == [
-        (queries.AVAILABLE_CHANNEL, "work"),
-        (queries.FINISHED_CHANNEL, {"id": job.pk, "state": str(ack["state"])}),
+        (queries.AVAILABLE_CHANNEL, ("work", 1)),
+        (queries.FINISHED_CHANNEL, [(job.pk, str(ack["state"]))]),
     ]
 
 
 async def test_rescue_notifies_finished_and_available(conn, listener):
     job = await make(queue="work")
     await claim_one(conn, job, node="node-dead")
-    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "work")]
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, ("work", 1))]
     await queries.rescue(conn, 60)
     notes = await collect(listener, 2)
     assert sorted(notes, key=str) == sorted(
         [
-            (queries.AVAILABLE_CHANNEL, "work"),
-            (queries.FINISHED_CHANNEL, {"id": job.pk, "state": "available"}),
+            (queries.AVAILABLE_CHANNEL, ("work", 1)),
+            (queries.FINISHED_CHANNEL, [(job.pk, "available")]),
         ],
         key=str,
     )
@@ -774,9 +823,7 @@ async def test_cancelling_a_job_that_is_not_executing_notifies_finished(conn, li
     job = await make(scheduled=True)
     cancelled = await queries.cancel_unstarted(conn, [job.pk], "not needed")
     assert cancelled == [job.pk]
-    assert await collect(listener, 1) == [
-        (queries.FINISHED_CHANNEL, {"id": job.pk, "state": "cancelled"})
-    ]
+    assert await collect(listener, 1) == [(queries.FINISHED_CHANNEL, [(job.pk, "cancelled")])]
     stored = await fetch(job)
     assert stored.state == JobState.CANCELLED
     assert stored.finished_at is not None
@@ -789,15 +836,15 @@ async def test_moves_between_unfinished_states_do_not_notify_finished(conn, list
     await conn.execute("UPDATE django_relay_job SET state = 'scheduled' WHERE id = %s", (job.pk,))
     marker = await make(queue="marker")
     assert marker.pk
-    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "marker")]
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, ("marker", 1))]
 
 
 async def test_an_update_that_keeps_the_state_does_not_notify(conn, listener):
     job = await make(queue="work")
-    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "work")]
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, ("work", 1))]
     await conn.execute("UPDATE django_relay_job SET priority = 5 WHERE id = %s", (job.pk,))
     await make(queue="marker")
-    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "marker")]
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, ("marker", 1))]
 
 
 async def test_notifications_wait_for_commit(conn, listener):
@@ -807,8 +854,8 @@ async def test_notifications_wait_for_commit(conn, listener):
             "UPDATE django_relay_job SET state = 'available' WHERE id = %s", (job.pk,)
         )
         await make(queue="marker")  # committed at once, on Django's connection
-        assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "marker")]
-    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, "tx")]
+        assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, ("marker", 1))]
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, ("tx", 1))]
 
 
 async def test_claim_returns_a_batch_in_claim_order_whatever_the_join_plan(conn):

@@ -14,6 +14,7 @@ from functools import partial
 
 from django_relay import queries
 from django_relay.conf import settings
+from django_relay.engine import turns
 from django_relay.pg import Link
 
 logger = logging.getLogger("django_relay")
@@ -34,6 +35,8 @@ class Heartbeat:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = threading.Event()
+        #: Queue -> live nodes serving it (``turns.members_by_queue``), read at each beat.
+        self.members: dict[str, list[str]] = {}
         self._first: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
 
@@ -59,6 +62,7 @@ class Heartbeat:
             while not self._stopping.is_set():
                 try:
                     await link.run(beat)
+                    self.members = await self._members(link)
                     if not self._first.done():
                         self._first.set_result(None)
                 except Exception:
@@ -76,6 +80,16 @@ class Heartbeat:
                     )
             await link.close()
             self._done.set_result(None)
+
+    async def _members(self, link: Link) -> dict[str, list[str]]:
+        # Live: beat within three intervals (at most RESCUE_AFTER); a runner that died
+        # keeps its turns until then, each lost wake-up costing at most FETCH_INTERVAL.
+        within = min(max(3 * settings.HEARTBEAT_INTERVAL, 1.0), settings.RESCUE_AFTER)
+        members = turns.members_by_queue(await link.run(partial(queries.live_nodes, within=within)))
+        for queue in json.loads(self._queues):
+            if len(members.get(queue, ())) != len(self.members.get(queue, ())):
+                logger.info("queue %s: %s runners take turns", queue, len(members.get(queue, ())))
+        return members
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop beating, then forget the node (no beat can bring it back)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from django.db.models.base import ModelState
 
 from django_relay import codec, queries, signals
 from django_relay.conf import settings
-from django_relay.engine import executor
+from django_relay.engine import executor, stats
 from django_relay.engine.acker import Acker
 from django_relay.engine.threads import JobThreads
 from django_relay.exceptions import DecodeError
@@ -58,6 +57,7 @@ class Producer:
         claim: Callable,
         acker: Acker,
         threads: JobThreads,
+        pass_on: Callable[[str, int, int], bool] = lambda queue, count, hops: False,
     ) -> None:
         self.queue = queue
         self.limit = limit
@@ -65,6 +65,7 @@ class Producer:
         self._claim = claim
         self._acker = acker
         self._threads = threads
+        self._pass_on = pass_on
         #: Running attempts by claim token (a job may run twice here only if it was
         #: rescued from us and claimed again while its stale attempt runs on).
         self.running: dict[int, asyncio.Task[None]] = {}
@@ -73,6 +74,12 @@ class Producer:
         # that frees up is a reason to claim again. Otherwise the queue was drained
         # and only a NOTIFY (or the poll) brings news.
         self._saturated = False
+        # What the next claim takes: every free slot (at start, on the backup poll, when
+        # a full claim's slots free up, after a reconnect), or only the jobs notified for
+        # this runner's turns (``_budget``, from notifications ``_hops`` hops old at least).
+        self._claim_all = True
+        self._budget = 0
+        self._hops = 0
         # Run-time settings from the queue's row (see engine.control): a paused
         # producer claims nothing; with limits it claims through the limited claim.
         self.paused = False
@@ -81,16 +88,21 @@ class Producer:
     def apply(self, paused: bool, limit: int, limits: queries.QueueLimits | None) -> None:
         """Take new run-time settings; they count from the next claim."""
         self.paused, self.limit, self.limits = paused, limit, limits
-        self._wake.set()
+        self.wake()
 
-    def wake(self) -> None:
-        """Look for work now (a NOTIFY came, or a slot was freed)."""
+    def wake(self, count: int | None = None, hops: int = 0) -> None:
+        """Look for work now: ``count`` jobs notified for our turn, or None for all we can take."""
+        if count is None:
+            self._claim_all = True
+        else:
+            self._hops = hops if self._budget == 0 else min(self._hops, hops)
+            self._budget += count
         self._wake.set()
 
     def settled(self) -> None:
         """Acks were written: if we were held back, look for work again."""
         if self._saturated:
-            self._wake.set()
+            self.wake()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Claim and start jobs until ``stopping`` is set."""
@@ -100,24 +112,41 @@ class Producer:
             # claiming never outruns writing outcomes (backpressure on a slow acker).
             backlog = max(len(self._acker.unsettled) - self.limit, 0)
             free = self.limit - len(self.running) - backlog
+            budget, hops, claim_all = self._budget, self._hops, self._claim_all
+            want = free if claim_all else min(free, budget)
+            self._claim_all, self._budget = False, 0
             if self.paused:
                 self._saturated = False  # running jobs finish; resuming wakes us
+                self._hand_on(budget, hops)
             elif free <= 0:
                 self._saturated = True  # woken when a slot frees or acks land
-            else:
-                rows = await self._claim(self.queue, free, self.limits)
+                self._hand_on(budget, hops)
+            elif want > 0:
+                rows = await self._claim(self.queue, want, self.limits)
+                stats.count_claim(len(rows))
                 for row in rows:
                     self._start(row)
-                self._saturated = len(rows) == free
+                # Every free slot filled, and more may be waiting: all we could see, or
+                # our turns' jobs beyond our slots (the next runner is handed those).
+                rest = budget - len(rows)
+                self._saturated = len(rows) == free and (claim_all or rest > 0)
+                if self._saturated and rest > 0 and self._hand_on(rest, hops):
+                    self._saturated = False
                 if self._saturated:
+                    self._claim_all = True
                     continue  # maybe more: claim again as soon as slots free up
                 if self.limits is not None:
                     # Maybe held back by a limit: one of our jobs finishing frees
                     # capacity, so look again then (other runners' finishes: the poll).
                     self._saturated = True
             # A NOTIFY, a freed slot, landed acks, or the runner stopping wake us.
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), settings.FETCH_INTERVAL)
+            except TimeoutError:
+                self._claim_all = True  # the backup poll
+
+    def _hand_on(self, count: int, hops: int) -> bool:
+        return count > 0 and self._pass_on(self.queue, count, hops)
 
     def _start(self, row: tuple) -> None:
         job_id, attempt = row[0], row[_ATTEMPT]
@@ -143,7 +172,7 @@ class Producer:
     def _finished(self, token: int) -> None:
         del self.running[token]
         if self._saturated:
-            self._wake.set()
+            self.wake()
 
     async def _execute(self, job: Job) -> None:
         started = time.perf_counter()

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from django_relay import periodic, queries, signals
 from django_relay.conf import settings
-from django_relay.engine import executor
+from django_relay.engine import executor, stats, turns
 from django_relay.engine.acker import Acker
 from django_relay.engine.control import QueueControl
 from django_relay.engine.heartbeat import Heartbeat, watch_loop
@@ -48,6 +48,7 @@ class Runner:
                 claim=self._claim,
                 acker=self.acker,
                 threads=self.threads,
+                pass_on=self._pass_on,
             )
             for name, limit in self.queues.items()
         }
@@ -113,10 +114,32 @@ class Runner:
         if discarded:
             executor.soon(executor.announce(signals.job_discarded, discarded))
 
-    def _wake(self, queue: str) -> None:
-        producer = self.producers.get(queue)
-        if producer is not None:
-            producer.wake()
+    def _available(self, payload: str) -> None:
+        note = queries.available_payload(payload)
+        if note is None:
+            logger.warning("ignoring a malformed relay_available payload: %r", payload[:200])
+            return
+        producer = self.producers.get(note.queue)
+        if producer is None:
+            return
+        count = turns.share(self.node, self.heartbeat.members.get(note.queue, ()), note)
+        if count:
+            producer.wake(count, note.hops)
+
+    def _pass_on(self, queue: str, count: int, hops: int) -> bool:
+        """Hand ``count`` jobs of ``queue`` to the next runner; False if none is left."""
+        members = self.heartbeat.members.get(queue, ())
+        note = turns.pass_on(self.node, members, queue, count, hops)
+        if note is None:
+            return False
+        executor.soon(self._notify(queries.AVAILABLE_CHANNEL, note.payload()))
+        return True
+
+    async def _notify(self, channel: str, payload: str) -> None:
+        try:
+            await self._claims.run(lambda conn: queries.notify(conn, channel, payload))
+        except Exception:
+            logger.exception("passing jobs on to the next runner failed; the poll finds them")
 
     def _settled(self) -> None:
         for producer in self.producers.values():
@@ -141,8 +164,8 @@ class Runner:
         notifier = get_notifier()
         notifier.attach(loop)  # LISTEN on this loop: no thread between NOTIFY and claim
 
-        def on_available(queue: str) -> None:
-            loop.call_soon_threadsafe(self._wake, queue)
+        def on_available(payload: str) -> None:
+            loop.call_soon_threadsafe(self._available, payload)
 
         def on_queue_changed(queue: str) -> None:
             loop.call_soon_threadsafe(self.control.changed)
@@ -229,6 +252,7 @@ class Runner:
         await self._claims.close()
         self.threads.shutdown()
         logger.info("relayworker %s stopped", self.node)
+        logger.info("%s", stats.line())
 
 
 class Reconciler(Periodic):

@@ -71,18 +71,16 @@ class _Publisher:
         self.loop = loop
 
     def __call__(self, payload: str) -> None:
-        event = finished_payload(payload)
-        if event is None:
+        events = finished_payload(payload)
+        if events is None or self.loop.is_closed():
             return
-        job_id, state, attempt = event
-        message = {"type": EVENT_TYPE, "id": job_id, "state": state, "attempt": attempt}
-        if self.loop.is_closed():
-            return
-        for group in (job_group(job_id), ALL_JOBS_GROUP):
-            future = asyncio.run_coroutine_threadsafe(
-                self.layer.group_send(group, message), self.loop
-            )
-            future.add_done_callback(_log_failure)
+        for job_id, state, attempt in events:
+            message = {"type": EVENT_TYPE, "id": job_id, "state": state, "attempt": attempt}
+            for group in (job_group(job_id), ALL_JOBS_GROUP):
+                future = asyncio.run_coroutine_threadsafe(
+                    self.layer.group_send(group, message), self.loop
+                )
+                future.add_done_callback(_log_failure)
 
 
 def _log_failure(future: Future[None]) -> None:

@@ -19,6 +19,7 @@ import psycopg
 
 from django_relay import pg, queries
 from django_relay.conf import settings
+from django_relay.engine import stats
 from django_relay.listener import probe
 from django_relay.listener.loop import LoopHost
 from django_relay.queries import (
@@ -177,6 +178,7 @@ class Notifier(LoopHost):
                 next_ping = time.monotonic() + ping_every
 
     def _dispatch(self, channel: str, payload: str) -> None:
+        stats.notifications[channel] += 1
         with self._lock:
             handlers = list(self._handlers.get(channel, ()))
         for handler in handlers:

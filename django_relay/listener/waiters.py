@@ -1,12 +1,13 @@
 """The waiters of this process, served by its listener (see :mod:`django_relay.results`).
 
 A waiter is registered on the listener's loop before its job is read (subscribe,
-then check). Each ``relay_finished`` NOTIFY names a job; the registry reads the
-outcomes of every notified job in one query and wakes their waiters on the
-waiters' own loops. A backup poll re-reads a waiter's job every ``poll_interval``
-(all waiters due in a tick in one query), so a lost notification costs at most
-that, and a reconnection re-reads every waited job. The jobs relay() enqueues
-are inserted by :mod:`.inserter`, which hands each waiter back here.
+then check). Each ``relay_finished`` NOTIFY names the jobs a statement finished;
+the registry reads the outcomes of those it waits for in one query and wakes
+their waiters on the waiters' own loops. A backup poll re-reads a waiter's job
+every ``poll_interval`` (all waiters due in a tick in one query), so a lost
+notification costs at most that, and a reconnection re-reads every waited job.
+The jobs relay() enqueues are inserted by :mod:`.inserter`, which hands each
+waiter back here.
 """
 
 from __future__ import annotations
@@ -144,13 +145,13 @@ class Registry:
                 del self.waiters[waiter.job_id]
 
     def on_finished(self, payload: str) -> None:
-        event = queries.finished_payload(payload)
-        if event is None:
+        events = queries.finished_payload(payload)
+        if events is None:
             logger.warning("ignoring a malformed relay_finished payload: %r", payload[:200])
             return
-        job_id = event[0]
-        if job_id in self.waiters:
-            self._want([job_id])
+        waited = [job_id for job_id, _, _ in events if job_id in self.waiters]
+        if waited:
+            self._want(waited)
 
     def on_reconnect(self) -> None:
         # Notifications sent while we were away are gone: read every waited job.

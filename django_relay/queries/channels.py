@@ -3,24 +3,50 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from psycopg import AsyncConnection, sql
 
 TERMINAL = "('completed', 'discarded', 'cancelled')"
 
-#: NOTIFY channel (sent by a trigger on ``Job``): payload is a queue with available work.
+#: NOTIFY channel (sent by a statement-level trigger on ``Job``): payload
+#: ``"<count>:<seq>:<hops>:<queue>"``, once per queue per statement: ``count`` jobs of
+#: ``queue`` became available. ``seq`` numbers the notification (runners take turns
+#: by it); ``hops`` counts how often a runner passed the jobs on (0 from the trigger).
 AVAILABLE_CHANNEL = "relay_available"
-#: NOTIFY channel: payload is ``{"id", "state", "attempt"}`` of a job that finished an
-#: attempt (left ``executing``) or reached a terminal state.
+#: NOTIFY channel (statement-level trigger on ``Job``): payload is a JSON array of
+#: ``[id, state, attempt]``, one per job that finished an attempt (left ``executing``)
+#: or reached a terminal state in the statement, at most 100 per NOTIFY.
 FINISHED_CHANNEL = "relay_finished"
 
 
-def finished_payload(payload: str) -> tuple[int, str, int] | None:
-    """``(job_id, state, attempt)`` from a ``FINISHED_CHANNEL`` payload; None if malformed."""
+@dataclass(frozen=True, slots=True)
+class Available:
+    """A ``relay_available`` notification."""
+
+    queue: str
+    count: int
+    seq: int
+    hops: int = 0
+
+    def payload(self) -> str:
+        return f"{self.count}:{self.seq}:{self.hops}:{self.queue}"
+
+
+def available_payload(payload: str) -> Available | None:
+    """The notification an ``AVAILABLE_CHANNEL`` payload stands for; None if malformed."""
     try:
-        event = json.loads(payload)
-        return int(event["id"]), str(event["state"]), int(event["attempt"])
-    except (ValueError, KeyError, TypeError):
+        count, seq, hops, queue = payload.split(":", 3)
+        return Available(queue, int(count), int(seq), int(hops))
+    except ValueError:
+        return None
+
+
+def finished_payload(payload: str) -> list[tuple[int, str, int]] | None:
+    """``[(job_id, state, attempt), ...]`` of a ``FINISHED_CHANNEL`` payload; None if malformed."""
+    try:
+        return [(int(i), str(state), int(attempt)) for i, state, attempt in json.loads(payload)]
+    except (ValueError, TypeError):
         return None
 
 

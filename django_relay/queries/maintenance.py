@@ -56,6 +56,18 @@ async def heartbeat(conn: AsyncConnection, node: str, hostname: str, pid: int, q
     await conn.execute(HEARTBEAT, (node, hostname, pid, queues))
 
 
+LIVE_NODES = """
+SELECT id, queues FROM django_relay_node WHERE heartbeat_at > now() - %s * interval '1 second'
+"""
+
+
+async def live_nodes(conn: AsyncConnection, within: float) -> list[tuple[str, dict]]:
+    """``(node, queues)`` of the runners that heartbeat within ``within`` seconds."""
+    async with conn.cursor() as cur:
+        await cur.execute(LIVE_NODES, (within,))
+        return await cur.fetchall()
+
+
 RESCUE = """
 WITH orphans AS (
     SELECT j.id FROM django_relay_job AS j

@@ -3,6 +3,8 @@
 Changing a statement here changes a trigger: it needs a migration.
 """
 
+from django_relay.queries.channels import AVAILABLE_CHANNEL, FINISHED_CHANNEL
+
 # When a step finishes, decide for each held dependent: run it (every dep completed,
 # or ended in a way it ignores), cancel it (a dep was cancelled or discarded and it
 # does not ignore that), or keep holding it. Locking the dependents first makes two
@@ -51,3 +53,54 @@ SIGNAL_WAKE = (
     "UPDATE django_relay_job SET state = 'available', scheduled_at = now() "
     "WHERE id = NEW.job_id AND state = 'scheduled' AND meta ? 'signal_wait'; "
 )
+
+
+# Statement-level NOTIFY triggers (one NOTIFY per queue, or per 100 finished jobs,
+# per statement; see README "Architecture"). They read the statement's transition
+# tables: ``new_rows`` (and ``old_rows`` for an UPDATE). A refused NOTIFY (payload
+# over 8000 bytes) would abort the statement, so payloads stay small by design.
+
+#: The sequence that numbers ``relay_available`` notifications: runners take turns by it.
+AVAILABLE_SEQUENCE = "django_relay_available_seq"
+
+# Payload: "<count>:<seq>:<hops>:<queue>" (the queue last: it may hold colons).
+_AVAILABLE_NOTIFY = """
+PERFORM pg_notify('{channel}',
+                  a.n || ':' || nextval('{sequence}') || ':0:' || a.queue)
+FROM (SELECT n.queue, count(*) AS n FROM new_rows AS n {join}
+      WHERE n.state = 'available' {changed} GROUP BY n.queue) AS a;
+RETURN NULL;
+"""
+AVAILABLE_INSERTED = _AVAILABLE_NOTIFY.format(
+    channel=AVAILABLE_CHANNEL, sequence=AVAILABLE_SEQUENCE, join="", changed=""
+)
+# Cheap when nothing became available (a claim, an ack): one scan of new_rows.
+AVAILABLE_UPDATED = (
+    "IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state = 'available') THEN RETURN NULL; END IF;"
+    + _AVAILABLE_NOTIFY.format(
+        channel=AVAILABLE_CHANNEL,
+        sequence=AVAILABLE_SEQUENCE,
+        join="JOIN old_rows AS o ON o.id = n.id",
+        changed="AND o.state <> 'available'",
+    )
+)
+
+#: Finished jobs per ``relay_finished`` payload: 100 entries stay under 5,000 bytes.
+FINISHED_PER_NOTIFY = 100
+
+# Payload: a JSON array of [id, state, attempt], one per job that left 'executing' or
+# reached a terminal state in the statement (such a row is never 'executing' now, so a
+# claim returns after one scan of new_rows).
+FINISHED = f"""
+IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state <> 'executing') THEN RETURN NULL; END IF;
+PERFORM pg_notify('{FINISHED_CHANNEL}', f.payload)
+FROM (SELECT json_agg(json_build_array(c.id, c.state, c.attempt) ORDER BY c.id)::text AS payload
+      FROM (SELECT n.id, n.state, n.attempt,
+                   (row_number() OVER (ORDER BY n.id) - 1) / {FINISHED_PER_NOTIFY} AS chunk
+            FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+            WHERE o.state IS DISTINCT FROM n.state
+              AND (o.state = 'executing' OR n.state IN ('completed', 'discarded', 'cancelled'))
+           ) AS c
+      GROUP BY c.chunk) AS f;
+RETURN NULL;
+"""

@@ -452,7 +452,7 @@ async def _raw_floor(n: int, gap: Callable[[], float] | None) -> list[float]:
                 (json.dumps(claimed[1]["a"] + claimed[1]["b"]), claimed[0]),
             )
             async for note in client.notifies(stop_after=1):
-                assert json.loads(note.payload)["id"] == job_id
+                assert json.loads(note.payload)[0][0] == job_id
                 break
             cur = await client.execute(
                 "SELECT result FROM django_relay_job WHERE id = %s", (job_id,)
