@@ -190,6 +190,8 @@ class Fleet:
 
     target: Target
     settings: dict[str, Any] = field(default_factory=dict)
+    #: Extra ``relayworker`` arguments of every runner started.
+    args: list[str] = field(default_factory=list)
     runners: list[RunnerProcess] = field(default_factory=list)
     clients: list[ClientProcess] = field(default_factory=list)
     #: Runners this harness killed or stopped on purpose.
@@ -200,7 +202,8 @@ class Fleet:
         return subprocess_env(self.target.env, **{**self.settings, **relay_settings})
 
     def start(self, queues: str = "default=10", *, wait: bool = True) -> RunnerProcess:
-        runner = RunnerProcess(["--queues", queues, "--log-level", "WARNING"], self.env())
+        args = ["--queues", queues, "--log-level", "WARNING", *self.args]
+        runner = RunnerProcess(args, self.env())
         self.runners.append(runner)
         if wait:
             self.ready(runner)

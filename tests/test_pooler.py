@@ -160,6 +160,18 @@ def test_relayworker_refuses_to_start_when_listen_goes_through_pgbouncer(bouncer
     assert "ready" not in runner.output
 
 
+def test_relayworker_skip_checks_starts_anyway_and_polls(bouncer):
+    # A deliberate polling-only set-up: the probe is skipped, the listener says so at ERROR.
+    runner = RunnerProcess(["--queues", "default=2", "--skip-checks"], pooled_env(bouncer))
+    try:
+        runner.wait_for_line("ready")
+        job = EchoWorker.enqueue({"value": 7})
+        wait_for(lambda: Job.objects.get(pk=job.pk).state == "completed", 30)
+        runner.wait_for_line("Set RELAY['LISTEN_DSN'] to a direct connection", timeout=30)
+    finally:
+        runner.stop()
+
+
 def test_a_listener_behind_pgbouncer_logs_an_error_naming_the_setting(bouncer, caplog):
     # A web process whose LISTEN goes through the pooler: it keeps serving (by polling)
     # and says so at ERROR, once.

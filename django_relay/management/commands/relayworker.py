@@ -106,7 +106,12 @@ class Command(BaseCommand):
         if options["metrics_port"] is not None:
             self._serve_metrics(options["metrics_host"], options["metrics_port"])
         runner = Runner(queues)
-        asyncio.run(self._serve(runner, options["grace_period"]))
+        # --skip-checks (and call_command(), which skips checks) skips the probe too.
+        asyncio.run(
+            self._serve(
+                runner, options["grace_period"], probe_listen=not options.get("skip_checks")
+            )
+        )
         # Idle job threads leave as soon as their pool shuts down, just after the loop
         # ends: give them a moment, so only a thread still running a job counts.
         deadline = time.monotonic() + 1.0
@@ -139,7 +144,9 @@ class Command(BaseCommand):
         if not logging.getLogger("django_relay").isEnabledFor(logging.INFO):
             self.stdout.write(line)
 
-    async def _serve(self, runner: Runner, grace: float | None) -> None:
+    async def _serve(
+        self, runner: Runner, grace: float | None, *, probe_listen: bool = True
+    ) -> None:
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
 
@@ -157,12 +164,16 @@ class Command(BaseCommand):
                 self.stdout.write(runner.ready_line())
                 self.stdout.flush()
 
-        await _probe_listen()
+        if probe_listen:
+            await _probe_listen()
         await runner.run(stopping, grace=grace, on_ready=on_ready)
 
 
 async def _probe_listen() -> None:
     """Refuse to start when LISTEN cannot receive (the check django_relay.E012 says why).
+
+    ``relayworker --skip-checks`` starts anyway: its listener logs an ERROR and the
+    runner claims every ``FETCH_INTERVAL`` (a deliberate polling-only set-up).
 
     A runner whose listener hears nothing claims only every ``FETCH_INTERVAL``,
     and its relays wait for their backup poll: slow, silently. A database that
