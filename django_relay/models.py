@@ -65,6 +65,17 @@ def _notify(channel: str, payload_sql: str) -> str:
     return f"PERFORM pg_notify('{channel}', {payload_sql}); RETURN NULL;"
 
 
+class ChannelListField(models.Field):
+    """A ``varchar(63)[]`` of NOTIFY channel names (written by SQL only).
+
+    Not ``django.contrib.postgres``' ``ArrayField``: that would require the
+    ``postgres`` app in every project's ``INSTALLED_APPS``.
+    """
+
+    def db_type(self, connection: Any) -> str:
+        return "varchar(63)[]"
+
+
 class Job(models.Model):
     """One unit of work: which worker runs it, with what, and how it went."""
 
@@ -121,6 +132,10 @@ class Job(models.Model):
     # attempt's write matches nothing even after the job is claimed again with the
     # same attempt number (a snooze or a give-back hands the number back).
     claim_token = models.BigIntegerField(_("claim token"), null=True, blank=True, editable=False)
+    # The listeners waiting for this job's outcome: each process that relays or
+    # awaits it adds its own channel, and the relay_finished trigger notifies those
+    # channels only (NULL: nobody waits, and no NOTIFY is sent).
+    waiters = ChannelListField(_("waiting listeners"), null=True, blank=True, editable=False)
 
     objects = JobQuerySet.as_manager()
 

@@ -8,6 +8,7 @@ jobs, with a statement whose text never changes (so it stays prepared).
 
 from django_relay.queries.channels import (
     AVAILABLE_CHANNEL as AVAILABLE_CHANNEL,
+    EVENTS_CHANNEL as EVENTS_CHANNEL,
     FINISHED_CHANNEL as FINISHED_CHANNEL,
     NOTIFY as NOTIFY,
     PING as PING,
@@ -16,6 +17,7 @@ from django_relay.queries.channels import (
     TERMINAL as TERMINAL,
     Available as Available,
     available_payload as available_payload,
+    finished_channel as finished_channel,
     finished_payload as finished_payload,
     listen as listen,
     notify as notify,
@@ -85,8 +87,10 @@ from django_relay.queries.observability import (
 from django_relay.queries.results import (
     CANCEL_UNSTARTED as CANCEL_UNSTARTED,
     OUTCOMES as OUTCOMES,
+    SUBSCRIBE as SUBSCRIBE,
     cancel_unstarted as cancel_unstarted,
     fetch_outcomes as fetch_outcomes,
+    subscribe as subscribe,
 )
 from django_relay.queries.runner import (
     ACK as ACK,
