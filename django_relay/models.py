@@ -127,15 +127,15 @@ class Job(models.Model):
         _("unique key"), max_length=64, null=True, blank=True, editable=False
     )
     unique_states = _json_field(verbose_name=_("unique in states"), null=True, blank=True)
+    # The listeners waiting for this job's outcome: each process that relays or
+    # awaits it adds its own channel, and the relay_finished trigger notifies those
+    # channels only (NULL: nobody waits, and no NOTIFY is sent).
+    waiters = ChannelListField(_("waiting listeners"), null=True, blank=True, editable=False)
     # Drawn from a sequence at each claim and never repeated: it fences every write
     # of the attempt (ack, release, reconcile, consuming a signal), so a stale
     # attempt's write matches nothing even after the job is claimed again with the
     # same attempt number (a snooze or a give-back hands the number back).
     claim_token = models.BigIntegerField(_("claim token"), null=True, blank=True, editable=False)
-    # The listeners waiting for this job's outcome: each process that relays or
-    # awaits it adds its own channel, and the relay_finished trigger notifies those
-    # channels only (NULL: nobody waits, and no NOTIFY is sent).
-    waiters = ChannelListField(_("waiting listeners"), null=True, blank=True, editable=False)
 
     objects = JobQuerySet.as_manager()
 
