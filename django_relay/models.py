@@ -65,6 +65,17 @@ def _notify(channel: str, payload_sql: str) -> str:
     return f"PERFORM pg_notify('{channel}', {payload_sql}); RETURN NULL;"
 
 
+class ChannelListField(models.Field):
+    """A ``varchar(63)[]`` of NOTIFY channel names (written by SQL only).
+
+    Not ``django.contrib.postgres``' ``ArrayField``: that would require the
+    ``postgres`` app in every project's ``INSTALLED_APPS``.
+    """
+
+    def db_type(self, connection: Any) -> str:
+        return "varchar(63)[]"
+
+
 class Job(models.Model):
     """One unit of work: which worker runs it, with what, and how it went."""
 
@@ -116,6 +127,10 @@ class Job(models.Model):
         _("unique key"), max_length=64, null=True, blank=True, editable=False
     )
     unique_states = _json_field(verbose_name=_("unique in states"), null=True, blank=True)
+    # The listeners waiting for this job's outcome: each process that relays or
+    # awaits it adds its own channel, and the relay_finished trigger notifies those
+    # channels only (NULL: nobody waits, and no NOTIFY is sent).
+    waiters = ChannelListField(_("waiting listeners"), null=True, blank=True, editable=False)
     # Drawn from a sequence at each claim and never repeated: it fences every write
     # of the attempt (ack, release, reconcile, consuming a signal), so a stale
     # attempt's write matches nothing even after the job is claimed again with the

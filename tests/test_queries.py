@@ -76,7 +76,7 @@ async def collect(listener: AsyncConnection, count: int, timeout: float = 5.0) -
     got = []
     async for note in listener.notifies(timeout=timeout, stop_after=count):
         payload: Any = note.payload
-        if note.channel == queries.FINISHED_CHANNEL:
+        if note.channel == queries.EVENTS_CHANNEL or note.channel.startswith("relay_finished"):
             # The contract: [id, state, attempt] per job the statement finished.
             payload = [(job_id, state) for job_id, state, _ in json.loads(payload)]
         elif note.channel == queries.AVAILABLE_CHANNEL:
@@ -111,7 +111,8 @@ async def listener() -> AsyncIterator[AsyncConnection]:
     connection = await pg.connect(listen=True)
     try:
         await connection.execute(f"LISTEN {queries.AVAILABLE_CHANNEL}")
-        await connection.execute(f"LISTEN {queries.FINISHED_CHANNEL}")
+        # Every finished job is on the event feed's channel; a waiter's is below.
+        await connection.execute(f"LISTEN {queries.EVENTS_CHANNEL}")
         yield connection
     finally:
         await connection.close()
@@ -750,6 +751,78 @@ async def test_available_notifications_are_numbered_for_the_runners_turns(listen
     assert first and second and second.seq > first.seq
 
 
+async def finish(conn: AsyncConnection, job: Job) -> None:
+    token = (await claim_one(conn, job))[-1]
+    await queries.ack(conn, ME, [Ack(job.pk, 1, JobState.COMPLETED, result="1", token=token)])
+
+
+@pytest.fixture
+async def waiting() -> AsyncIterator[tuple[AsyncConnection, str, str]]:
+    """A raw connection LISTENing to two waiters' channels (and to ``relay_finished``)."""
+    connection = await pg.connect(listen=True)
+    channels = queries.finished_channel("one"), queries.finished_channel("two")
+    try:
+        for channel in (queries.FINISHED_CHANNEL, *channels):
+            await connection.execute(f"LISTEN {channel}")
+        yield connection, *channels
+    finally:
+        await connection.close()
+
+
+async def test_a_job_nobody_waits_on_sends_no_relay_finished_notification(conn, waiting):
+    listener, one, _ = waiting
+    nobodys, waited = await make(queue="work"), await make(queue="work")
+    assert await queries.subscribe(conn, [waited.pk], one)
+    await finish(conn, nobodys)
+    await finish(conn, waited)
+    # Waits for a second notification, which never comes: nothing for nobody's job.
+    assert await collect(listener, 2, timeout=1.0) == [(one, [(waited.pk, "completed")])]
+
+
+async def test_every_waiter_of_a_job_hears_of_it_once(conn, waiting):
+    listener, one, two = waiting
+    job = await make(queue="work")
+    for channel in (one, two, one):  # subscribing twice adds the channel once
+        [row] = await queries.subscribe(conn, [job.pk], channel)
+        assert row[:2] == (job.pk, "available")
+    stored = await fetch(job)
+    assert stored.waiters == [one, two]
+    await finish(conn, job)
+    notes = await collect(listener, 3, timeout=1.0)
+    assert sorted(notes) == [(one, [(job.pk, "completed")]), (two, [(job.pk, "completed")])]
+
+
+async def test_subscribing_to_an_available_job_announces_it_again(conn, listener):
+    # A claim that ran while the subscribing UPDATE held the row skipped it.
+    job = await make(queue="work")
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, ("work", 1))]
+    await queries.subscribe(conn, [job.pk], queries.finished_channel("one"))
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, ("work", 1))]
+    await queries.subscribe(conn, [job.pk], queries.finished_channel("one"))  # no change
+    await make(queue="marker")
+    assert await collect(listener, 1) == [(queries.AVAILABLE_CHANNEL, ("marker", 1))]
+
+
+async def test_subscribing_returns_the_outcome_the_update_saw(conn, waiting):
+    _, one, _ = waiting
+    job = await make(queue="work")
+    await finish(conn, job)
+    [row] = await queries.subscribe(conn, [job.pk, 10**12], one)  # a missing id: no row
+    assert row[:3] == (job.pk, "completed", "1")
+
+
+async def test_a_bad_channel_name_in_waiters_never_aborts_an_ack(conn, waiting):
+    listener, one, _ = waiting
+    job = await make(queue="work")
+    await conn.execute(
+        "UPDATE django_relay_job SET waiters = ARRAY['', %s, %s] WHERE id = %s",
+        ("é" * 40, one, job.pk),  # 40 characters, 80 bytes: too long a channel
+    )
+    await finish(conn, job)
+    assert (await fetch(job)).state == JobState.COMPLETED
+    assert await collect(listener, 1) == [(one, [(job.pk, "completed")])]
+
+
 async def test_an_ack_of_many_jobs_sends_their_outcomes_in_batches_of_100(conn, listener):
     from django_relay import aenqueue_many
 
@@ -760,9 +833,9 @@ async def test_an_ack_of_many_jobs_sends_their_outcomes_in_batches_of_100(conn, 
     assert len(await queries.ack(conn, ME, acks)) == 250
     notes = await collect(listener, 4, timeout=1.0)
     assert [(channel, len(events)) for channel, events in notes] == [
-        (queries.FINISHED_CHANNEL, 100),
-        (queries.FINISHED_CHANNEL, 100),
-        (queries.FINISHED_CHANNEL, 50),
+        (queries.EVENTS_CHANNEL, 100),
+        (queries.EVENTS_CHANNEL, 100),
+        (queries.EVENTS_CHANNEL, 50),
     ]
     finished = sorted(event for _, events in notes for event in events)
     assert finished == sorted((job.pk, "completed") for job in jobs)
@@ -780,7 +853,7 @@ async def test_claim_does_not_notify_but_leaving_executing_does(conn, listener):
     token = (await claim_one(conn, job))[-1]
     await queries.ack(conn, ME, [Ack(job.pk, 1, JobState.COMPLETED, result="1", token=token)])
     # The first notification after the claim is the ack's: available -> executing sent none.
-    assert await collect(listener, 1) == [(queries.FINISHED_CHANNEL, [(job.pk, "completed")])]
+    assert await collect(listener, 1) == [(queries.EVENTS_CHANNEL, [(job.pk, "completed")])]
 
 
 @pytest.mark.parametrize(
@@ -800,7 +873,7 @@ async def test_every_way_out_of_executing_notifies_finished(conn, listener, ack)
     notes = await collect(listener, 2)
     assert notes == [
         (queries.AVAILABLE_CHANNEL, ("work", 1)),
-        (queries.FINISHED_CHANNEL, [(job.pk, str(ack["state"]))]),
+        (queries.EVENTS_CHANNEL, [(job.pk, str(ack["state"]))]),
     ]
 
 
@@ -813,7 +886,7 @@ async def test_rescue_notifies_finished_and_available(conn, listener):
     assert sorted(notes, key=str) == sorted(
         [
             (queries.AVAILABLE_CHANNEL, ("work", 1)),
-            (queries.FINISHED_CHANNEL, [(job.pk, "available")]),
+            (queries.EVENTS_CHANNEL, [(job.pk, "available")]),
         ],
         key=str,
     )
@@ -823,7 +896,7 @@ async def test_cancelling_a_job_that_is_not_executing_notifies_finished(conn, li
     job = await make(scheduled=True)
     cancelled = await queries.cancel_unstarted(conn, [job.pk], "not needed")
     assert cancelled == [job.pk]
-    assert await collect(listener, 1) == [(queries.FINISHED_CHANNEL, [(job.pk, "cancelled")])]
+    assert await collect(listener, 1) == [(queries.EVENTS_CHANNEL, [(job.pk, "cancelled")])]
     stored = await fetch(job)
     assert stored.state == JobState.CANCELLED
     assert stored.finished_at is not None

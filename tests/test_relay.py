@@ -540,3 +540,58 @@ def test_a_third_process_relays_through_two_runners(start_runner, tmp_path):
     runs = read_records(log)
     assert len(runs) == 50
     assert len({r["job"] for r in runs}) == 50
+
+
+AWAIT_SCRIPT = """
+import asyncio, json, sys
+import django
+django.setup()
+from django_relay import await_result
+from django_relay.listener.notifier import get_notifier
+
+print(get_notifier().finished_channel, flush=True)
+print(json.dumps(asyncio.run(await_result(int(sys.argv[1]), timeout=60))), flush=True)
+"""
+
+
+async def test_two_processes_awaiting_one_job_both_hear_of_it(start_runner, gate):
+    start_runner()
+    job = await GateWorker.aenqueue({"gate": str(gate), "value": "both"})
+    other = subprocess.Popen(
+        [sys.executable, "-c", AWAIT_SCRIPT, str(job.pk)],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout is not None
+        theirs = await asyncio.to_thread(other.stdout.readline)
+        ours = asyncio.create_task(await_result(job, timeout=60))
+        # Each waiting process recorded its own channel on the job (subscribe, then check).
+        mine = get_notifier().finished_channel
+        await await_for(
+            partial(_waiters_are, job.pk, {mine, theirs.strip()}), 30, message="both waiters"
+        )
+        gate.touch()
+        assert await ours == "both"
+        out, _ = await asyncio.to_thread(other.communicate, timeout=60)
+        assert json.loads(out.strip().splitlines()[-1]) == "both"
+    finally:
+        if other.poll() is None:
+            other.kill()
+
+
+async def _waiters_are(job_id: int, channels: set[str]) -> bool:
+    [(waiters,)] = await sql("SELECT waiters FROM django_relay_job WHERE id = %s", [job_id])
+    return set(waiters or ()) == channels
+
+
+async def test_a_relayed_job_notifies_only_its_relaying_process(start_runner):
+    start_runner()
+    mine = get_notifier().finished_channel
+    assert await EchoWorker.relay({"value": 1}, timeout=10) == 1
+    [(waiters,)] = await sql(
+        "SELECT waiters FROM django_relay_job WHERE args->>'value' = '1' ORDER BY id DESC LIMIT 1"
+    )
+    assert waiters == [mine]

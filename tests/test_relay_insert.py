@@ -37,9 +37,11 @@ async def test_an_insert_sent_again_returns_the_rows_that_landed(transactional_d
         **pg.connect_kwargs(), autocommit=True
     ) as conn:
         ids = await queries.reserve_job_ids(conn, 3)
-        first = await queries.ainsert_reserved_jobs(conn, [row(1, ids[1])])
+        first = await queries.ainsert_reserved_jobs(conn, [row(1, ids[1])], "relay_finished_test")
         # The same id again (a try whose reply was lost), between two new ones.
-        rows = await queries.ainsert_reserved_jobs(conn, [row(i, ids[i]) for i in range(3)])
+        rows = await queries.ainsert_reserved_jobs(
+            conn, [row(i, ids[i]) for i in range(3)], "relay_finished_test"
+        )
     assert rows[1] == first[0]
     assert [r[0] for r in rows] == ids
     stored = await sync_to_async(list)(Job.objects.order_by("id").values_list("id", "args"))

@@ -110,6 +110,7 @@ def test_three_runners_take_turns_so_claims_are_rarely_empty(start_runner):
     stats = [stats_of(runner) for runner in runners]
     claims = sum(s["claims"] for s in stats)
     empty = sum(s["empty_claims"] for s in stats)
+    print(f"claims {claims}, empty {empty} ({empty / claims:.1%}); per runner: {stats}")
     # Every runner claiming on every NOTIFY made two of three claims empty; taking
     # turns leaves the empty ones of each runner's start (it claims once, blind).
     assert claims >= 150

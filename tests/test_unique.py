@@ -170,11 +170,13 @@ async def test_relays_reserved_insert_of_a_unique_job_is_safe_to_repeat(transact
         **pg.connect_kwargs(), autocommit=True
     ) as conn:
         first_id, other_id = await queries.reserve_job_ids(conn, 2)
-        [first] = await queries.ainsert_reserved_jobs(conn, [row(first_id)])
+        [first] = await queries.ainsert_reserved_jobs(conn, [row(first_id)], "relay_finished_test")
         # The same try sent again (its reply was lost): the row that landed, no conflict.
-        [again] = await queries.ainsert_reserved_jobs(conn, [row(first_id)])
+        [again] = await queries.ainsert_reserved_jobs(conn, [row(first_id)], "relay_finished_test")
         # Another relay of a duplicate: the existing job, marked.
-        [duplicate] = await queries.ainsert_reserved_jobs(conn, [row(other_id)])
+        [duplicate] = await queries.ainsert_reserved_jobs(
+            conn, [row(other_id)], "relay_finished_test"
+        )
     assert (first[0], first[-1]) == (first_id, False)
     assert (again[0], again[-1]) == (first_id, False)
     assert (duplicate[0], duplicate[-1]) == (first_id, True)

@@ -1,7 +1,9 @@
 """Job events on the Channels layer, for websocket consumers that follow jobs live.
 
-The listener that wakes relays also forwards each ``relay_finished`` NOTIFY to
-the channel layer: to the group of that job and to the group of all jobs. Results
+Once a consumer connects, the process's listener LISTENs to ``relay_events`` (the
+jobs each statement finished, sent beside the ``relay_finished_*`` notifications
+that wake relays) and forwards each job in it to the channel layer: to the group
+of that job and to the group of all jobs. Results
 never travel this way (see README, "Why results do not go through Channels"):
 an event says which job changed state; a consumer reads the row if it needs more.
 """
@@ -16,7 +18,7 @@ from typing import Any
 
 from django_relay.conf import settings
 from django_relay.listener.notifier import get_notifier
-from django_relay.queries import FINISHED_CHANNEL, finished_payload
+from django_relay.queries import EVENTS_CHANNEL, finished_payload
 
 logger = logging.getLogger("django_relay")
 
@@ -58,7 +60,7 @@ def ensure_publishing() -> bool:
         publisher = _publishers.get(id(notifier))
         if publisher is None:
             publisher = _publishers[id(notifier)] = _Publisher(layer, loop)
-            notifier.listen(FINISHED_CHANNEL, publisher)
+            notifier.listen(EVENTS_CHANNEL, publisher)
         publisher.layer, publisher.loop = layer, loop
     return True
 

@@ -39,6 +39,7 @@ class Waiter(Protocol):
 
     job_id: int
     active: bool
+    subscribed: bool
     loop: asyncio.AbstractEventLoop
 
 
@@ -61,9 +62,14 @@ class Inserter:
     """Inserts relay()'s jobs in batches. Lives on the listener's loop."""
 
     def __init__(
-        self, *, on_inserted: Callable[[Any], None], on_abandoned: Callable[[int], None]
+        self,
+        *,
+        waiter_channel: str,
+        on_inserted: Callable[[Any], None],
+        on_abandoned: Callable[[int], None],
     ) -> None:
         self.link = Link("relay-insert")
+        self._waiter_channel = waiter_channel
         self._on_inserted = on_inserted
         self._on_abandoned = on_abandoned
         self._pending: list[_Insert] = []
@@ -106,7 +112,9 @@ class Inserter:
                 await self._reserve_ids(conn, rows)
                 for entry in rows:
                     entry.sent = True
-                return await queries.ainsert_reserved_jobs(conn, [entry.row for entry in rows])
+                return await queries.ainsert_reserved_jobs(
+                    conn, [entry.row for entry in rows], self._waiter_channel
+                )
 
             try:
                 returned = await self.link.run(partial(insert, rows=batch), retry=False)
@@ -136,6 +144,8 @@ class Inserter:
                 return
             for entry, saved in zip(batch, returned, strict=True):
                 entry.waiter.job_id = saved[0]
+                # A unique job's duplicate was inserted by someone else: not ours to hear.
+                entry.waiter.subscribed = not saved[4]
                 if entry.waiter.active:
                     self._on_inserted(entry.waiter)  # subscribe, then check
                     entry.waiter.loop.call_soon_threadsafe(resolve, entry.inserted, saved)

@@ -24,7 +24,7 @@ from django_relay.listener import probe
 from django_relay.listener.loop import LoopHost
 from django_relay.queries import (
     AVAILABLE_CHANNEL,
-    FINISHED_CHANNEL,
+    EVENTS_CHANNEL,
     QUEUE_CHANNEL,
     SIGNAL_CHANNEL,
 )
@@ -34,7 +34,7 @@ logger = logging.getLogger("django_relay")
 Handler = Callable[[str], None]
 #: How long the pump waits for notifications before looking after its channels.
 _TICK = 0.05
-CHANNELS = (AVAILABLE_CHANNEL, FINISHED_CHANNEL, SIGNAL_CHANNEL, QUEUE_CHANNEL)
+CHANNELS = (AVAILABLE_CHANNEL, EVENTS_CHANNEL, SIGNAL_CHANNEL, QUEUE_CHANNEL)
 
 
 class Notifier(LoopHost):
@@ -56,6 +56,9 @@ class Notifier(LoopHost):
         self.probe_ok = threading.Event()
         self._probing: asyncio.Task[None] | None = None
         self._live: dict[str, threading.Event] = {}
+        #: Where the jobs this process waits for announce their outcomes: a channel
+        #: of its own, recorded in each waited job's ``waiters`` (kept across reconnects).
+        self.finished_channel = queries.finished_channel(uuid.uuid4().hex[:16])
 
     # -- any thread -----------------------------------------------------------
 
@@ -67,7 +70,7 @@ class Notifier(LoopHost):
         only the notifications it has a use for: a runner that relays nothing never
         reads the stream of finished jobs. Returns a function that removes the handler.
         """
-        if channel not in CHANNELS:
+        if channel not in CHANNELS and channel != self.finished_channel:
             raise ValueError(f"the notifier does not LISTEN to {channel!r}")
         self.start()
         with self._lock:

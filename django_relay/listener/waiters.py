@@ -79,7 +79,16 @@ class Outcome:
 
 
 class Waiter:
-    __slots__ = ("active", "future", "job_id", "loop", "next_poll", "poll_interval", "with_retries")
+    __slots__ = (
+        "active",
+        "future",
+        "job_id",
+        "loop",
+        "next_poll",
+        "poll_interval",
+        "subscribed",
+        "with_retries",
+    )
 
     def __init__(self, job_id: int, *, with_retries: bool, poll_interval: float) -> None:
         self.job_id = job_id
@@ -89,6 +98,9 @@ class Waiter:
         self.loop = asyncio.get_running_loop()
         self.future: asyncio.Future[Outcome] = self.loop.create_future()
         self.active = True
+        #: Our channel is in the job's ``waiters`` (relay() inserted it so, or the
+        #: registry added it); until then the registry subscribes before it reads.
+        self.subscribed = False
 
     def offer(self, outcome: Outcome) -> None:
         """Called on the listener's thread with a fresh read of the job."""
@@ -104,8 +116,13 @@ class Registry:
         self.notifier = notifier
         self.waiters: dict[int, set[Waiter]] = {}
         self.link = Link("relay")
-        self.inserter = Inserter(on_inserted=self.add, on_abandoned=self._cancel_abandoned)
+        self.inserter = Inserter(
+            waiter_channel=notifier.finished_channel,
+            on_inserted=self.add,
+            on_abandoned=self._cancel_abandoned,
+        )
         self._wanted: set[int] = set()
+        self._unsubscribed: set[int] = set()
         self._reading = False
         self._polls: list[tuple[float, int, Waiter]] = []
         self._seq = itertools.count()
@@ -117,7 +134,7 @@ class Registry:
             return  # its caller gave up before it was registered
         self.waiters.setdefault(waiter.job_id, set()).add(waiter)
         heapq.heappush(self._polls, (waiter.next_poll, next(self._seq), waiter))
-        self._want([waiter.job_id])  # subscribe, then check
+        self._want([waiter.job_id], subscribe=not waiter.subscribed)  # subscribe, then check
         if not self._ticking:
             self._ticking = True
             asyncio.get_running_loop().create_task(self._tick())
@@ -157,20 +174,30 @@ class Registry:
         # Notifications sent while we were away are gone: read every waited job.
         self._want(list(self.waiters))
 
-    def _want(self, job_ids: Iterable[int]) -> None:
-        self._wanted.update(job_ids)
-        if self._wanted and not self._reading:
+    def _want(self, job_ids: Iterable[int], subscribe: bool = False) -> None:
+        (self._unsubscribed if subscribe else self._wanted).update(job_ids)
+        if (self._wanted or self._unsubscribed) and not self._reading:
             self._reading = True
             asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
         # Ids wanted while a read is in flight wait for the next one: one query each.
         try:
-            while self._wanted:
-                job_ids, self._wanted = list(self._wanted), set()
-                rows = await self.link.run(partial(queries.fetch_outcomes, job_ids=job_ids))
+            while self._wanted or self._unsubscribed:
+                subscribe, self._unsubscribed = list(self._unsubscribed), set()
+                read, self._wanted = list(self._wanted.difference(subscribe)), set()
+                rows = []
+                if subscribe:
+                    channel = self.notifier.finished_channel
+                    subscribing = partial(queries.subscribe, job_ids=subscribe, channel=channel)
+                    rows += await self.link.run(subscribing)
+                    for job_id in subscribe:
+                        for waiter in self.waiters.get(job_id, ()):
+                            waiter.subscribed = True
+                if read:
+                    rows += await self.link.run(partial(queries.fetch_outcomes, job_ids=read))
                 found = {row[0]: Outcome(*row) for row in rows}
-                for job_id in job_ids:
+                for job_id in [*subscribe, *read]:
                     outcome = found.get(job_id) or Outcome(job_id, None)
                     for waiter in list(self.waiters.get(job_id, ())):
                         waiter.offer(outcome)
@@ -185,14 +212,17 @@ class Registry:
             while self.waiters:
                 now = time.monotonic()
                 due: list[int] = []
+                unsubscribed: list[int] = []
                 while self._polls and self._polls[0][0] <= now:
                     _, _, waiter = heapq.heappop(self._polls)
                     if waiter.active:
-                        due.append(waiter.job_id)
+                        (due if waiter.subscribed else unsubscribed).append(waiter.job_id)
                         waiter.next_poll = now + waiter.poll_interval
                         heapq.heappush(self._polls, (waiter.next_poll, next(self._seq), waiter))
                 if due:
                     self._want(due)
+                if unsubscribed:  # its subscription failed: try again
+                    self._want(unsubscribed, subscribe=True)
                 pause = self._polls[0][0] - now if self._polls else 0.05
                 await asyncio.sleep(min(max(pause, 0.005), 0.05))
         finally:
@@ -217,7 +247,7 @@ def get_registry() -> Registry:
     with _current_lock:
         if _current is None or _current[0] is not notifier:
             registry = Registry(notifier)
-            notifier.listen(queries.FINISHED_CHANNEL, registry.on_finished)
+            notifier.listen(notifier.finished_channel, registry.on_finished)
             notifier.on_reconnect(registry.on_reconnect)
             notifier.on_close(registry.link.close)
             notifier.on_close(registry.inserter.link.close)
@@ -231,7 +261,7 @@ async def listening(registry: Registry, timeout: float) -> None:
     # the re-read on reconnect, so nobody waits for them here.
     if registry.primed:
         return
-    live = registry.notifier.live(queries.FINISHED_CHANNEL)
+    live = registry.notifier.live(registry.notifier.finished_channel)
     if not live.is_set():
         await asyncio.get_running_loop().run_in_executor(None, live.wait, min(timeout, 5.0))
     registry.primed = True

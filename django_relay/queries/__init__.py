@@ -9,6 +9,7 @@ direct connection with ``RELAY["PREPARE_THRESHOLD"]`` set).
 
 from django_relay.queries.channels import (
     AVAILABLE_CHANNEL as AVAILABLE_CHANNEL,
+    EVENTS_CHANNEL as EVENTS_CHANNEL,
     FINISHED_CHANNEL as FINISHED_CHANNEL,
     NOTIFY as NOTIFY,
     PING as PING,
@@ -17,6 +18,7 @@ from django_relay.queries.channels import (
     TERMINAL as TERMINAL,
     Available as Available,
     available_payload as available_payload,
+    finished_channel as finished_channel,
     finished_payload as finished_payload,
     listen as listen,
     notify as notify,
@@ -86,8 +88,10 @@ from django_relay.queries.observability import (
 from django_relay.queries.results import (
     CANCEL_UNSTARTED as CANCEL_UNSTARTED,
     OUTCOMES as OUTCOMES,
+    SUBSCRIBE as SUBSCRIBE,
     cancel_unstarted as cancel_unstarted,
     fetch_outcomes as fetch_outcomes,
+    subscribe as subscribe,
 )
 from django_relay.queries.runner import (
     ACK as ACK,

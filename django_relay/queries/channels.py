@@ -14,10 +14,21 @@ TERMINAL = "('completed', 'discarded', 'cancelled')"
 #: ``queue`` became available. ``seq`` numbers the notification (runners take turns
 #: by it); ``hops`` counts how often a runner passed the jobs on (0 from the trigger).
 AVAILABLE_CHANNEL = "relay_available"
-#: NOTIFY channel (statement-level trigger on ``Job``): payload is a JSON array of
-#: ``[id, state, attempt]``, one per job that finished an attempt (left ``executing``)
-#: or reached a terminal state in the statement, at most 100 per NOTIFY.
+#: NOTIFY channels ``relay_finished_<token>``, one per waiting process (statement-level
+#: trigger on ``Job``, to the channels in a job's ``waiters``): payload is a JSON array
+#: of ``[id, state, attempt]``, one per job that finished an attempt (left
+#: ``executing``) or reached a terminal state in the statement, at most 100 per NOTIFY.
 FINISHED_CHANNEL = "relay_finished"
+
+
+#: NOTIFY channel (same trigger): the same payloads for every job, for the live event
+#: feed (:mod:`django_relay.listener.events`); only processes that publish events LISTEN.
+EVENTS_CHANNEL = "relay_events"
+
+
+def finished_channel(token: str) -> str:
+    """The ``relay_finished`` channel of the listener whose token is ``token``."""
+    return f"{FINISHED_CHANNEL}_{token}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,11 @@ RETURNING id, state, scheduled_at, inserted_at, false AS conflict
 INSERT_JOBS = _INSERT_JOBS.format(id_column="", id_value="", on_conflict="")
 #: relay()'s insert: ids reserved beforehand (RESERVE_JOB_IDS), so a try sent again
 #: after a lost reply finds the row that landed instead of inserting it twice.
+#: The first parameter is the relaying process's ``relay_finished`` channel (``waiters``).
 INSERT_RESERVED_JOBS = _INSERT_JOBS.format(
-    id_column="id, ", id_value="r.id, ", on_conflict="ON CONFLICT (id) DO NOTHING"
+    id_column="id, waiters, ",
+    id_value="r.id, ARRAY[%s::varchar], ",
+    on_conflict="ON CONFLICT (id) DO NOTHING",
 )
 
 RESERVE_JOB_IDS = """
@@ -77,7 +80,9 @@ INSERT_UNIQUE = _INSERT_UNIQUE.format(
 # Either conflict (the id, the key) means "do not insert": no arbiter named.
 INSERT_RESERVED_UNIQUE = _INSERT_UNIQUE.format(
     insert=_INSERT_JOBS.format(
-        id_column="id, ", id_value="r.id, ", on_conflict="ON CONFLICT DO NOTHING"
+        id_column="id, waiters, ",
+        id_value="r.id, ARRAY[%s::varchar], ",
+        on_conflict="ON CONFLICT DO NOTHING",
     )
 )
 _UNIQUE_TRIES = 20
@@ -111,14 +116,14 @@ def _insert_params(jobs: Sequence[NewJob]) -> list[list[Any]]:
 
 
 def _inserting(
-    jobs: Sequence[NewJob], unique: str
+    jobs: Sequence[NewJob], unique: str, first: Sequence[Any] = ()
 ) -> Generator[tuple[str, list[Any]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     # Unique jobs go one per statement, in order, so that a duplicate inside the
     # batch finds the job inserted before it; each statement is sent back what it
     # returned (one body for the sync and the async driver).
     rows: list[tuple[Any, ...]] = []
     for job in jobs:
-        params = [*_insert_params([job]), job.id, job.unique_key, job.id, job.id]
+        params = [*first, *_insert_params([job]), job.id, job.unique_key, job.id, job.id]
         for _ in range(_UNIQUE_TRIES):
             returned = yield unique, params
             if returned:
@@ -156,9 +161,12 @@ async def reserve_job_ids(conn: AsyncConnection, count: int) -> list[int]:
 
 
 async def ainsert_reserved_jobs(
-    conn: AsyncConnection, jobs: Sequence[NewJob]
+    conn: AsyncConnection, jobs: Sequence[NewJob], waiter: str
 ) -> list[tuple[Any, ...]]:
     """Insert ``jobs``, each with a reserved ``id``, in autocommit (relay's own inserts).
+
+    ``waiter`` is the relaying process's ``relay_finished`` channel, the jobs' first
+    waiter. A unique job's duplicate is not subscribed here: the caller does that.
 
     Safe to repeat: a job whose id is already in the table (an earlier try landed
     and its reply was lost) is not inserted again, and the row returned for it is
@@ -167,7 +175,7 @@ async def ainsert_reserved_jobs(
     """
     async with conn.cursor() as cur:
         if any(job.unique_key for job in jobs):
-            steps, returned = _inserting(jobs, INSERT_RESERVED_UNIQUE), None
+            steps, returned = _inserting(jobs, INSERT_RESERVED_UNIQUE, [waiter]), None
             try:
                 while True:
                     statement, params = steps.send(returned)  # type: ignore[arg-type]
@@ -175,7 +183,7 @@ async def ainsert_reserved_jobs(
                     returned = await cur.fetchall()
             except StopIteration as done:
                 return done.value
-        await cur.execute(INSERT_RESERVED_JOBS, _insert_params(jobs))
+        await cur.execute(INSERT_RESERVED_JOBS, [waiter, *_insert_params(jobs)])
         rows = await cur.fetchall()
         if len(rows) < len(jobs):
             # A new statement, so a new snapshot: it sees the rows that conflicted.

@@ -3,7 +3,7 @@
 Changing a statement here changes a trigger: it needs a migration.
 """
 
-from django_relay.queries.channels import AVAILABLE_CHANNEL, FINISHED_CHANNEL
+from django_relay.queries.channels import AVAILABLE_CHANNEL, EVENTS_CHANNEL
 
 # When a step finishes, decide for each held dependent: run it (every dep completed,
 # or ended in a way it ignores), cancel it (a dep was cancelled or discarded and it
@@ -74,33 +74,44 @@ RETURN NULL;
 AVAILABLE_INSERTED = _AVAILABLE_NOTIFY.format(
     channel=AVAILABLE_CHANNEL, sequence=AVAILABLE_SEQUENCE, join="", changed=""
 )
-# Cheap when nothing became available (a claim, an ack): one scan of new_rows.
+# Cheap when nothing became available (a claim, an ack): one scan of new_rows. A
+# waiter subscribing to an available job (queries.SUBSCRIBE) announces it again: a
+# claim running meanwhile skipped the row it had locked (SKIP LOCKED), and would
+# otherwise leave it to the backup poll.
 AVAILABLE_UPDATED = (
     "IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state = 'available') THEN RETURN NULL; END IF;"
     + _AVAILABLE_NOTIFY.format(
         channel=AVAILABLE_CHANNEL,
         sequence=AVAILABLE_SEQUENCE,
         join="JOIN old_rows AS o ON o.id = n.id",
-        changed="AND o.state <> 'available'",
+        changed="AND (o.state <> 'available' OR o.waiters IS DISTINCT FROM n.waiters)",
     )
 )
 
-#: Finished jobs per ``relay_finished`` payload: 100 entries stay under 5,000 bytes.
+#: Finished jobs per ``relay_finished_*`` payload: 100 entries stay under 5,000 bytes.
 FINISHED_PER_NOTIFY = 100
 
-# Payload: a JSON array of [id, state, attempt], one per job that left 'executing' or
-# reached a terminal state in the statement (such a row is never 'executing' now, so a
-# claim returns after one scan of new_rows).
+# A JSON array of [id, state, attempt], one per job of the statement that left
+# 'executing' or reached a terminal state: to each channel in the job's ``waiters``
+# (a process that waits for it), and to ``relay_events`` (the live event feed). Such
+# a row is never 'executing' now: a claim returns after one scan of new_rows. A
+# channel name NOTIFY would refuse (empty, over 63 bytes) is skipped: it would abort
+# the statement.
 FINISHED = f"""
 IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state <> 'executing') THEN RETURN NULL; END IF;
-PERFORM pg_notify('{FINISHED_CHANNEL}', f.payload)
-FROM (SELECT json_agg(json_build_array(c.id, c.state, c.attempt) ORDER BY c.id)::text AS payload
-      FROM (SELECT n.id, n.state, n.attempt,
-                   (row_number() OVER (ORDER BY n.id) - 1) / {FINISHED_PER_NOTIFY} AS chunk
+PERFORM pg_notify(f.channel, f.payload)
+FROM (SELECT c.channel,
+             json_agg(json_build_array(c.id, c.state, c.attempt) ORDER BY c.id)::text AS payload
+      FROM (SELECT w.channel, n.id, n.state, n.attempt,
+                   (row_number() OVER (PARTITION BY w.channel ORDER BY n.id) - 1)
+                       / {FINISHED_PER_NOTIFY} AS chunk
             FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+            CROSS JOIN LATERAL unnest(
+                coalesce(n.waiters, '{{}}') || '{EVENTS_CHANNEL}'::varchar) AS w(channel)
             WHERE o.state IS DISTINCT FROM n.state
               AND (o.state = 'executing' OR n.state IN ('completed', 'discarded', 'cancelled'))
+              AND octet_length(w.channel) BETWEEN 1 AND 63
            ) AS c
-      GROUP BY c.chunk) AS f;
+      GROUP BY c.channel, c.chunk) AS f;
 RETURN NULL;
 """
