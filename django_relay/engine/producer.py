@@ -12,7 +12,7 @@ from django.db.models.base import ModelState
 
 from django_relay import codec, queries, signals
 from django_relay.conf import settings
-from django_relay.engine import executor
+from django_relay.engine import executor, stats
 from django_relay.engine.acker import Acker
 from django_relay.engine.threads import JobThreads
 from django_relay.exceptions import DecodeError
@@ -106,6 +106,7 @@ class Producer:
                 self._saturated = True  # woken when a slot frees or acks land
             else:
                 rows = await self._claim(self.queue, free, self.limits)
+                stats.count_claim(len(rows))
                 for row in rows:
                     self._start(row)
                 self._saturated = len(rows) == free

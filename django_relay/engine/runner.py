@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from django_relay import periodic, queries, signals
 from django_relay.conf import settings
-from django_relay.engine import executor
+from django_relay.engine import executor, stats
 from django_relay.engine.acker import Acker
 from django_relay.engine.control import QueueControl
 from django_relay.engine.heartbeat import Heartbeat, watch_loop
@@ -222,6 +222,7 @@ class Runner:
         await self._claims.close()
         self.threads.shutdown()
         logger.info("relayworker %s stopped", self.node)
+        logger.info("%s", stats.line())
 
 
 class Reconciler(Periodic):

@@ -20,6 +20,7 @@ import psycopg
 
 from django_relay import pg, queries
 from django_relay.conf import settings
+from django_relay.engine import stats
 from django_relay.listener.loop import LoopHost
 from django_relay.queries import (
     AVAILABLE_CHANNEL,
@@ -178,6 +179,7 @@ class Notifier(LoopHost):
                 next_ping = time.monotonic() + ping_every
 
     def _dispatch(self, channel: str, payload: str) -> None:
+        stats.notifications[channel] += 1
         if channel == PROBE_CHANNEL:
             if payload == self._probe_token:
                 self.probe_ok.set()
