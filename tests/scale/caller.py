@@ -1,0 +1,132 @@
+"""A web-side process of the scale test: relays and enqueues on command, reports in JSON.
+
+Run as ``python -m tests.scale.caller`` with ``DJANGO_SETTINGS_MODULE`` and
+``DATABASE_URL`` set (through PgBouncer) and ``RELAY_TEST_SETTINGS`` (its
+``LISTEN_DSN`` direct). It reads one JSON command per line on stdin and answers each
+with one JSON line ``{"id": ..., ...}`` on stdout, carrying this process's counters
+(``django_relay.engine.stats``: the notifications its listener received). Commands
+run concurrently, so the test can act while a relay waits:
+
+- ``{"id", "op": "relay", "count", "concurrency", "worker", "args", "timeout"}``:
+  ``count`` relays (``args`` with ``value`` set to the relay's index), answered with
+  ``ok``, ``failed``, ``errors`` (message -> count), ``seconds`` and ``results``;
+- ``{"id", "op": "jobs", "count", "worker"}``: enqueue ``count`` jobs in one
+  statement and wait until none is unfinished; answered with ``seconds`` (enqueue
+  to all finished) and ``states`` (state -> count);
+- ``{"id", "op": "stats"}``; ``{"id", "op": "quit"}`` (answered, then it exits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+
+def reply(command: dict[str, Any], **fields: Any) -> None:
+    from django_relay.engine import stats
+
+    print(json.dumps({"id": command["id"], **fields, "stats": stats.snapshot()}), flush=True)
+
+
+async def relay(command: dict[str, Any]) -> dict[str, Any]:
+    from django.utils.module_loading import import_string
+
+    klass = import_string(command["worker"])
+    count = command["count"]
+    gate = asyncio.Semaphore(command.get("concurrency") or count)
+    errors: Counter[str] = Counter()
+    results: list[Any] = []
+
+    async def one(index: int) -> None:
+        async with gate:
+            try:
+                result = await klass.relay(
+                    {**command.get("args", {}), "value": index},
+                    timeout=command.get("timeout", 30.0),
+                )
+            except Exception as exc:
+                errors[f"{type(exc).__name__}: {str(exc)[:200]}"] += 1
+                return
+            if result.get("value") != index:
+                errors[f"wrong result {result!r} for relay {index}"] += 1
+            else:
+                results.append(result)
+
+    began = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return {
+        "ok": len(results),
+        "failed": sum(errors.values()),
+        "errors": dict(errors.most_common(10)),
+        "seconds": time.monotonic() - began,
+        "results": results,
+    }
+
+
+async def jobs(command: dict[str, Any]) -> dict[str, Any]:
+    from django.utils.module_loading import import_string
+
+    from django_relay import aenqueue_many
+    from django_relay.models import Job, JobState
+
+    klass = import_string(command["worker"])
+    began = time.monotonic()
+    saved = await aenqueue_many([klass.new({"value": i}) for i in range(command["count"])])
+    ids = [job.id for job in saved]
+    unfinished = Job.objects.filter(id__in=ids).exclude(
+        state__in=[JobState.COMPLETED, JobState.DISCARDED, JobState.CANCELLED]
+    )
+    deadline = began + command.get("timeout", 120.0)
+    while await unfinished.aexists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    seconds = time.monotonic() - began
+    states: Counter[str] = Counter()
+    async for state in Job.objects.filter(id__in=ids).values_list("state", flat=True):
+        states[state] += 1
+    return {"count": len(ids), "seconds": seconds, "states": dict(states)}
+
+
+async def serve() -> None:
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(command: dict[str, Any]) -> None:
+        try:
+            match command["op"]:
+                case "relay":
+                    reply(command, relay=await relay(command))
+                case "jobs":
+                    reply(command, jobs=await jobs(command))
+                case _:
+                    reply(command)
+        except Exception as exc:  # answered, so the test fails saying why
+            reply(command, error=f"{type(exc).__name__}: {exc}")
+
+    print(json.dumps({"ready": True}), flush=True)
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        command = json.loads(line)
+        if command["op"] == "quit":
+            await asyncio.gather(*tasks, return_exceptions=True)
+            reply(command)
+            return
+        task = asyncio.create_task(run(command))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+def main() -> None:
+    import django
+
+    django.setup()
+    asyncio.run(serve())
+    from django_relay.listener.notifier import stop_notifier
+
+    stop_notifier()
+
+
+if __name__ == "__main__":
+    main()
