@@ -42,6 +42,7 @@ JOBS = 1000
 NOOP = "tests.scale.workers.NoopWorker"
 HELD = "tests.scale.workers.HeldWorker"
 HELD_JOBS = 8
+LATENCY = 20  # relays one after another: their median is a relay's round trip
 FINISHED = "relay_finished"
 AVAILABLE = "relay_available"
 
@@ -56,6 +57,7 @@ def measure(cluster: harness.Cluster, callers: list[harness.Caller], hosts: int)
     try:
         for caller in callers:  # warm: listeners connected, runners' first claims done
             caller.call("relay", count=5, concurrency=5, worker=NOOP)
+        latency = callers[0].call("relay", count=LATENCY, concurrency=1, worker=NOOP)["relay"]
         before = [caller.call("stats")["stats"] for caller in callers]
         cpu, bouncer_cpu, began = cluster.server_cpu(), cluster.bouncer_cpu(), time.monotonic()
         sent = [
@@ -74,6 +76,7 @@ def measure(cluster: harness.Cluster, callers: list[harness.Caller], hosts: int)
         cpu, bouncer_cpu = cluster.server_cpu() - cpu, cluster.bouncer_cpu() - bouncer_cpu
     finally:
         runner_stats = cluster.stop_runners(runners)
+    complaints = cluster.complaints([*runners, *callers])
     relayed = sum(r["relay"]["ok"] + r["relay"]["failed"] for r in relays)
     claims = sum(s.get("claims", 0) for s in runner_stats)
     empty = sum(s.get("empty_claims", 0) for s in runner_stats)
@@ -88,7 +91,10 @@ def measure(cluster: harness.Cluster, callers: list[harness.Caller], hosts: int)
         "relays_ok": sum(r["relay"]["ok"] for r in relays),
         "relays": relayed,
         "relay_errors": errors,
+        "complaints": complaints,
         "relays_per_s": relayed / max(r["relay"]["seconds"] for r in relays),
+        "latency_ms": latency["median_ms"],
+        "latency_errors": latency["errors"],
         "jobs": jobs,
         "jobs_per_s": jobs["count"] / jobs["seconds"],
         "claims": claims,
@@ -113,11 +119,82 @@ def measure(cluster: harness.Cluster, callers: list[harness.Caller], hosts: int)
     }
 
 
+def without_listen_dsn(cluster: harness.Cluster) -> dict:
+    """1 host and the callers with no ``LISTEN_DSN``: refused at start-up, or how fast."""
+    runners = cluster.start_runners(
+        cluster.hosts[:1], per_host=RUNNERS_PER_HOST, listen_direct=False, refusable=True
+    )
+    try:
+        refused = [runner.output for runner in runners if runner.proc.poll() is not None]
+        if refused:
+            return {"refused": refused[0]}
+        callers = cluster.start_callers(CALLERS, listen_direct=False)
+        try:
+            for caller in callers:
+                caller.call("relay", count=5, concurrency=5, worker=NOOP)
+            latency = callers[0].call("relay", count=LATENCY, concurrency=1, worker=NOOP)
+            sent = [
+                caller.send("relay", count=RELAYS // CALLERS, concurrency=RELAYS, worker=NOOP)
+                for caller in callers
+            ]
+            relays = [
+                caller.reply(command_id)["relay"]
+                for caller, command_id in zip(callers, sent, strict=True)
+            ]
+        finally:
+            for caller in callers:
+                caller.close()
+                cluster.callers.remove(caller)
+        warned = sum("LISTEN_DSN" in process.output for process in [*callers, *runners])
+    finally:
+        cluster.stop_runners(runners)
+    relayed = sum(r["ok"] + r["failed"] for r in relays)
+    return {
+        "relays_ok": sum(r["ok"] for r in relays),
+        "relays": relayed,
+        "relays_per_s": relayed / max(r["seconds"] for r in relays),
+        "latency_ms": latency["relay"]["median_ms"],
+        "errors": [r["errors"] for r in [latency["relay"], *relays] if r["errors"]],
+        "warned": f"{warned} of {len(callers) + len(runners)} processes",
+    }
+
+
+def report_without_listen_dsn(rows: list[dict], found: dict) -> str:
+    if "refused" in found:
+        named = "LISTEN_DSN" in found["refused"]
+        tail = found["refused"].strip().splitlines()[-3:]
+        return (
+            f"  [{mark(named)}] without a direct LISTEN DSN: refused at start-up, "
+            f"{'naming' if named else 'NOT naming'} LISTEN_DSN: {' | '.join(tail)}"
+        )
+    ones = [row for row in rows if row["hosts"] == 1 and row["latency_ms"] is not None]
+    with_dsn = min(row["latency_ms"] for row in ones) if ones else None
+    versus = f" vs {with_dsn:.0f} ms with it (1 host)" if with_dsn else ""
+    # "As fast": a relay's round trip within 1.5x of the direct LISTEN's.
+    ok = (
+        with_dsn is not None
+        and found["latency_ms"] is not None
+        and found["latency_ms"] <= 1.5 * with_dsn
+        and found["relays_ok"] == found["relays"]
+    )
+    return (
+        f"  [{mark(ok)}] without a direct LISTEN DSN (not refused): one relay "
+        f"{_ms(found['latency_ms'])}{versus}; {found['relays_per_s']:.0f} relays/s at once, "
+        f"{found['relays_ok']}/{found['relays']} ok"
+        f"{', errors ' + str(found['errors']) if found['errors'] else ''}; the setting "
+        f"named in the log of {found['warned']}"
+    )
+
+
 def best(rows: list[dict], hosts: int) -> dict:
     """The best figures of the rows of ``hosts`` hosts (each figure's own best)."""
     mine = [row for row in rows if row["hosts"] == hosts]
     figures = ("relays_per_s", "jobs_per_s")
     return {**mine[-1], **{key: max(row[key] for row in mine) for key in figures}}
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
 
 
 def mark(ok: bool) -> str:
@@ -130,14 +207,15 @@ def report(rows: list[dict]) -> str:
         f"scale test: {RUNNERS_PER_HOST} runners per host (default=10 each), {CALLERS} "
         f"callers, {RELAYS} relays at once, {JOBS} jobs; PgBouncer transaction mode; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
-        f"{'hosts':>5} {'relays ok':>10} {'relays/s':>9} {'jobs/s':>8} {'claims':>7} "
-        f"{'empty':>6} {'finished/relay':>14} {'finished/unwaited':>17} {'avail/job/runner':>16} "
-        f"{'PG CPU':>7} {'bouncer CPU':>11}",
+        f"{'hosts':>5} {'relays ok':>10} {'relays/s':>9} {'1 relay':>8} {'jobs/s':>8} "
+        f"{'claims':>7} {'empty':>6} {'finished/relay':>14} {'finished/unwaited':>17} "
+        f"{'avail/job/runner':>16} {'PG CPU':>7} {'bouncer CPU':>11}",
     ]
     for row in rows:
         lines.append(
             f"{row['hosts']:>5} {row['relays_ok']:>4}/{row['relays']:<5} "
-            f"{row['relays_per_s']:>9.0f} {row['jobs_per_s']:>8.0f} {row['claims']:>7} "
+            f"{row['relays_per_s']:>9.0f} {_ms(row['latency_ms']):>8} {row['jobs_per_s']:>8.0f} "
+            f"{row['claims']:>7} "
             f"{row['empty_ratio']:>6.0%} {row['deliveries_per_relay']:>14.2f} "
             f"{row['deliveries_per_unwaited']:>17.2f} {row['available_per_job_per_runner']:>16.2f} "
             f"{row['pg_cpu']:>7.0%} {row['bouncer_cpu']:>11.0%}"
@@ -145,6 +223,12 @@ def report(rows: list[dict]) -> str:
     for row in rows:
         if row["relay_errors"]:
             lines.append(f"  {row['hosts']} hosts, relay errors: {row['relay_errors']}")
+        if row["latency_errors"]:
+            lines.append(
+                f"  {row['hosts']} hosts, one-by-one relay errors: {row['latency_errors']}"
+            )
+        if row["complaints"]:
+            lines.append(f"  {row['hosts']} hosts, logged: {row['complaints']}")
         if row["jobs"]["states"] != {"completed": JOBS}:
             lines.append(f"  {row['hosts']} hosts, jobs' states: {row['jobs']['states']}")
     lines.append("bars (issue 15):")
@@ -186,6 +270,7 @@ def test_scale_out_behind_pgbouncer(tmp_path: Path) -> None:
         rows = [measure(cluster, callers, hosts) for hosts in HOSTS]
         if rows:
             print(report(rows))
+        print(report_without_listen_dsn(rows, without_listen_dsn(cluster)))
         cut = cut_host(cluster, callers[0], tmp_path)
         print(
             f"link cut: {cut['ok']}/{HELD_JOBS} relays returned the rescuer's result; "
@@ -195,6 +280,7 @@ def test_scale_out_behind_pgbouncer(tmp_path: Path) -> None:
     for row in rows:
         assert row["relay_errors"] == {}, f"{row['hosts']} hosts: {row['relay_errors']}"
         assert row["relays_ok"] == RELAYS, row
+        assert row["latency_errors"] == {}, row["latency_errors"]
         assert row["jobs"]["states"] == {"completed": JOBS}, row["jobs"]
         assert row["runner_stats_missing"] == 0, "a runner logged no 'relay stats' line"
     if ASSERT_DELIVERIES:

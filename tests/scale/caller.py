@@ -9,7 +9,8 @@ run concurrently, so the test can act while a relay waits:
 
 - ``{"id", "op": "relay", "count", "concurrency", "worker", "args", "timeout"}``:
   ``count`` relays (``args`` with ``value`` set to the relay's index), answered with
-  ``ok``, ``failed``, ``errors`` (message -> count), ``seconds`` and ``results``;
+  ``ok``, ``failed``, ``errors`` (message -> count), ``seconds``, ``median_ms`` (of
+  the relays that returned) and ``results``;
 - ``{"id", "op": "jobs", "count", "worker"}``: enqueue ``count`` jobs in one
   statement and wait until none is unfinished; answered with ``seconds`` (enqueue
   to all finished) and ``states`` (state -> count);
@@ -19,7 +20,11 @@ run concurrently, so the test can act while a relay waits:
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
+import re
+import signal
+import statistics
 import sys
 import time
 from collections import Counter
@@ -46,21 +51,25 @@ async def relay(command: dict[str, Any]) -> dict[str, Any]:
     gate = asyncio.Semaphore(command.get("concurrency") or count)
     errors: Counter[str] = Counter()
     results: list[Any] = []
+    durations: list[float] = []
 
     async def one(index: int) -> None:
         async with gate:
+            began = time.monotonic()
             try:
                 result = await klass.relay(
                     {**command.get("args", {}), "value": index},
                     timeout=command.get("timeout", 30.0),
                 )
             except Exception as exc:
-                errors[f"{type(exc).__name__}: {str(exc)[:200]}"] += 1
+                # Digits as N: one entry per kind of error, not per job.
+                errors[re.sub(r"[0-9]+", "N", f"{type(exc).__name__}: {str(exc)[:200]}")] += 1
                 return
             if result.get("value") != index:
                 errors[f"wrong result {result!r} for relay {index}"] += 1
             else:
                 results.append(result)
+                durations.append(time.monotonic() - began)
 
     began = time.monotonic()
     await asyncio.gather(*(one(i) for i in range(count)))
@@ -69,6 +78,7 @@ async def relay(command: dict[str, Any]) -> dict[str, Any]:
         "failed": sum(errors.values()),
         "errors": dict(errors.most_common(10)),
         "seconds": time.monotonic() - began,
+        "median_ms": statistics.median(durations) * 1000 if durations else None,
         "results": results,
     }
 
@@ -126,6 +136,9 @@ async def serve() -> None:
 
 def main() -> None:
     import django
+
+    # SIGUSR1 dumps every thread's stack: the harness asks when an answer is late.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     django.setup()
     asyncio.run(serve())

@@ -20,12 +20,16 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests import pgbouncer
 from tests.conftest import REPO_ROOT, RunnerProcess, wait_for
@@ -48,6 +52,7 @@ RELAY = {
     "CONNECT_TIMEOUT": 5.0,
 }
 STATS = re.compile(r"relay stats: (\{.*\})")
+_COMPLAINT = re.compile(r"^(WARNING|ERROR|CRITICAL) |^Traceback")
 
 
 def unavailable() -> str | None:
@@ -105,11 +110,17 @@ class Caller:
         return command_id
 
     def reply(self, command_id: int, timeout: float = 180.0) -> dict[str, Any]:
-        message = wait_for(
-            lambda: self._alive() and self.replies.get(command_id),
-            timeout,
-            message=f"{self.name}'s answer to command {command_id}",
-        )
+        deadline = time.monotonic() + timeout
+        while not (self._alive() and (message := self.replies.get(command_id))):
+            if time.monotonic() > deadline:
+                # What it is stuck on: its threads' stacks (faulthandler, see caller.py).
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
+                pytest.fail(
+                    f"{self.name} did not answer command {command_id} within {timeout}s:\n"
+                    f"{self.output[-6000:]}"
+                )
+            time.sleep(0.02)
         if "error" in message:
             raise AssertionError(f"{self.name}: {message['error']}\n{self.output[-3000:]}")
         return message
@@ -158,36 +169,70 @@ class Cluster:
 
     # -- processes --------------------------------------------------------------
 
-    def env(self, **relay: Any) -> dict[str, str]:
-        """A namespaced process's environment: through PgBouncer, LISTEN direct."""
+    def env(self, *, listen_direct: bool = True) -> dict[str, str]:
+        """A namespaced process's environment: through PgBouncer, LISTEN direct.
+
+        ``listen_direct=False``: no ``LISTEN_DSN``, so LISTEN goes through PgBouncer too.
+        """
         assert self.server is not None
         host, port = self.bouncer
         env = self.server.env()
         env["DJANGO_SETTINGS_MODULE"] = "tests.scale.settings"
         env["DATABASE_URL"] = f"postgres://postgres@{host}:{port}/{self.server.dbname}"
-        listen_dsn = (
-            f"host={self.network.gateway} port={self.server.port} "
-            f"dbname={self.server.dbname} user=postgres"
-        )
-        env["RELAY_TEST_SETTINGS"] = json.dumps({**RELAY, "LISTEN_DSN": listen_dsn, **relay})
+        relay = dict(RELAY)
+        if listen_direct:
+            relay["LISTEN_DSN"] = (
+                f"host={self.network.gateway} port={self.server.port} "
+                f"dbname={self.server.dbname} user=postgres"
+            )
+        env["RELAY_TEST_SETTINGS"] = json.dumps(relay)
         return env
 
     def start_runners(
-        self, hosts: Iterable[Host], per_host: int = 1, queues: str = "default=10"
+        self,
+        hosts: Iterable[Host],
+        per_host: int = 1,
+        queues: str = "default=10",
+        *,
+        listen_direct: bool = True,
+        refusable: bool = False,
     ) -> list[RunnerProcess]:
-        """``per_host`` relayworkers in each of ``hosts``; returns once all are ready."""
+        """``per_host`` relayworkers in each of ``hosts``; returns once all are ready.
+
+        ``refusable``: a runner that exits instead is no failure; it is returned
+        too, exited (its output says why).
+        """
         started = []
         for host in hosts:
             for _ in range(per_host):
                 command = host.command(
                     sys.executable, "-m", "django", "relayworker", "--queues", queues
                 )
-                runner = RunnerProcess([], self.env(), command=command, name=host.name)
+                env = self.env(listen_direct=listen_direct)
+                runner = RunnerProcess([], env, command=command, name=host.name)
                 started.append(runner)
                 self.runners.append(runner)
         for runner in started:
-            runner.wait_for_line("ready", timeout=180)
+            if refusable:
+                wait_for(
+                    lambda r=runner: r.proc.poll() is not None or "ready" in r.output,
+                    180,
+                    message=f"{runner.name}'s runner ready or refusing",
+                )
+            else:
+                runner.wait_for_line("ready", timeout=180)
         return started
+
+    @staticmethod
+    def complaints(processes: Iterable[RunnerProcess | Caller], most: int = 5) -> dict[str, int]:
+        """The kinds of warnings and errors the processes logged (digits as N), by count."""
+        kinds: dict[str, int] = {}
+        for process in processes:
+            for line in process.lines:
+                if _COMPLAINT.search(line):
+                    kind = re.sub(r"[0-9]+", "N", line.strip())[:160]
+                    kinds[kind] = kinds.get(kind, 0) + 1
+        return dict(sorted(kinds.items(), key=lambda item: -item[1])[:most])
 
     def stop_runners(self, runners: Iterable[RunnerProcess]) -> list[dict[str, Any]]:
         """SIGTERM each and wait; returns each one's ``relay stats`` (an empty dict if none)."""
@@ -204,9 +249,10 @@ class Cluster:
             found.append(json.loads(match.group(1)) if match else {})
         return found
 
-    def start_callers(self, count: int) -> list[Caller]:
+    def start_callers(self, count: int, *, listen_direct: bool = True) -> list[Caller]:
         command = self.web.command(sys.executable, "-m", "tests.scale.caller")
-        callers = [Caller(f"caller{i}", command, self.env()) for i in range(count)]
+        env = self.env(listen_direct=listen_direct)
+        callers = [Caller(f"caller{i}", command, env) for i in range(count)]
         self.callers.extend(callers)
         return callers
 
