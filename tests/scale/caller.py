@@ -4,13 +4,15 @@ Run as ``python -m tests.scale.caller`` with ``DJANGO_SETTINGS_MODULE`` and
 ``DATABASE_URL`` set (through PgBouncer) and ``RELAY_TEST_SETTINGS`` (its
 ``LISTEN_DSN`` direct). It reads one JSON command per line on stdin and answers each
 with one JSON line ``{"id": ..., ...}`` on stdout, carrying this process's counters
-(``django_relay.engine.stats``: the notifications its listener received). Commands
-run concurrently, so the test can act while a relay waits:
+(``django_relay.engine.stats``: the notifications its listener received, and the
+jobs the ``relay_finished`` ones named). Commands run concurrently, so the test can
+act while a relay waits:
 
-- ``{"id", "op": "relay", "count", "concurrency", "worker", "args", "timeout"}``:
-  ``count`` relays (``args`` with ``value`` set to the relay's index), answered with
-  ``ok``, ``failed``, ``errors`` (message -> count), ``seconds``, ``median_ms`` (of
-  the relays that returned) and ``results``;
+- ``{"id", "op": "relay", "count", "concurrency", "worker", "args", "timeout",
+  "stop_on_error"}``: ``count`` relays (``args`` with ``value`` set to the relay's
+  index; after a failure the rest are skipped, if asked), answered with ``ok``,
+  ``failed``, ``errors`` (message -> count), ``seconds``, ``median_ms`` (of the relays
+  that returned) and ``results``;
 - ``{"id", "op": "jobs", "count", "worker"}``: enqueue ``count`` jobs in one
   statement and wait until none is unfinished; answered with ``seconds`` (enqueue
   to all finished) and ``states`` (state -> count);
@@ -30,6 +32,30 @@ import time
 from collections import Counter
 from typing import Any
 
+#: Jobs named by the ``relay_finished`` NOTIFYs this process received (a payload that
+#: is a JSON array names each of its entries): with batched payloads, what a herd
+#: costs a web process shows here, not in the count of NOTIFYs.
+finished_jobs = 0
+
+
+def count_finished_jobs() -> None:
+    """Wrap the listener's dispatch to count :data:`finished_jobs` (this script only)."""
+    from django_relay.listener.notifier import Notifier
+
+    dispatch = Notifier._dispatch
+
+    def counting(self: Notifier, channel: str, payload: str) -> None:
+        global finished_jobs
+        if channel.startswith("relay_finished"):
+            try:
+                named = json.loads(payload)
+            except ValueError:
+                named = None
+            finished_jobs += len(named) if isinstance(named, list) else 1
+        dispatch(self, channel, payload)
+
+    Notifier._dispatch = counting  # type: ignore[method-assign]
+
 
 def reply(command: dict[str, Any], **fields: Any) -> None:
     from django_relay.engine import stats
@@ -39,6 +65,7 @@ def reply(command: dict[str, Any], **fields: Any) -> None:
         "claims": stats.claims,
         "empty_claims": stats.empty_claims,
         "notifications": dict(stats.notifications),
+        "finished_jobs": finished_jobs,
     }
     print(json.dumps({"id": command["id"], **fields, "stats": counters}), flush=True)
 
@@ -55,6 +82,8 @@ async def relay(command: dict[str, Any]) -> dict[str, Any]:
 
     async def one(index: int) -> None:
         async with gate:
+            if errors and command.get("stop_on_error"):
+                return  # one after another: one failure says it, the rest would wait too
             began = time.monotonic()
             try:
                 result = await klass.relay(
@@ -141,6 +170,7 @@ def main() -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     django.setup()
+    count_finished_jobs()
     asyncio.run(serve())
     from django_relay.listener.notifier import stop_notifier
 
