@@ -4,9 +4,10 @@ Run it with ``python -m pytest -m scale -s tests/test_scale.py`` as root (it bui
 private bridge and namespaces, a throwaway PostgreSQL and a PgBouncer; see
 :mod:`tests.scale.harness`). For 1, 2 and 3 runner hosts it measures relays/s,
 jobs/s, the runners' empty claims and the NOTIFY deliveries the callers receive,
-and prints a table with each of issue 15's bars marked. Then it cuts a host's link
-while its jobs run and checks that every caller still gets its result, each job
-completed exactly once.
+and prints a table with each of issue 15's bars marked. A phase without
+``LISTEN_DSN`` checks that runners refuse to start naming it, or else how slow a relay
+gets. Then it cuts a host's link while its jobs run and checks that every caller
+still gets its result, each job completed exactly once.
 
 Asserted: correctness (every relay and job succeeds behind PgBouncer; the cut
 host's jobs are rescued and complete once, with the rescuer's result). Printed,
