@@ -147,6 +147,7 @@ class Cluster:
         self.callers: list[Caller] = []
         self.runners: list[RunnerProcess] = []
         self.server: Server | None = None
+        self._bouncer: pgbouncer.PgBouncer | None = None
         self.network = Network()
         try:
             self.hosts = [self.network.add(f"h{i}") for i in range(1, hosts + 1)]
@@ -160,9 +161,11 @@ class Cluster:
             self.server.start()
             self.server.create_database(self.server.dbname)
             self.server.migrate()
-            self.bouncer = pgbouncer.start(
-                "127.0.0.1", self.server.port, self.server.dbname, pool_size, listen_host=gateway
+            self._bouncer = pgbouncer.PgBouncer(
+                "127.0.0.1", self.server.port, "postgres", pool_size=pool_size, listen_addr=gateway
             )
+            self._bouncer.start()
+            self.bouncer = (self._bouncer.host, self._bouncer.port)
         except BaseException:
             self.close()
             raise
@@ -264,8 +267,8 @@ class Cluster:
         return sum(_cpu(pid, children=index == 0) for index, pid in enumerate(self.server.pids()))
 
     def bouncer_cpu(self) -> float:
-        pid = pgbouncer.pid()
-        return _cpu(pid) if pid else 0.0
+        proc = self._bouncer.proc
+        return _cpu(proc.pid) if proc else 0.0
 
     # -- teardown ---------------------------------------------------------------
 
@@ -276,8 +279,9 @@ class Cluster:
         for runner in self.runners:
             with contextlib.suppress(Exception):
                 runner.stop(timeout=20)
-        with contextlib.suppress(Exception):
-            pgbouncer.stop()
+        if self._bouncer is not None:
+            with contextlib.suppress(Exception):
+                self._bouncer.close()
         if self.server is not None:
             with contextlib.suppress(Exception):
                 self.server.close()
