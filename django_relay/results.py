@@ -8,6 +8,7 @@ re-read on reconnect) is done by the process's listener: see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("django_relay")
 
+_UNTRACED = contextlib.nullcontext()
+
 
 async def _wait(
     job_ids: list[int], *, timeout: float, poll_interval: float, with_retries: bool
@@ -53,11 +56,22 @@ async def _outcomes(
     registry: Registry, waiters: list[Waiter], timeout: float
 ) -> list[Outcome | None]:
     try:
-        if waiters:
+        if len(waiters) == 1:
+            # A relay's wait, of which 10,000 may be pending in a process: a timeout
+            # scope holds much less than asyncio.wait (a set, callbacks, a coroutine).
+            # At the timeout the future is cancelled: nothing else ever awaits it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await waiters[0].future
+        elif waiters:
             await asyncio.wait([w.future for w in waiters], timeout=timeout)
-        return [w.future.result() if w.future.done() else None for w in waiters]
+        return [_settled(w.future) for w in waiters]
     finally:
         _forget(registry, waiters)
+
+
+def _settled(future: asyncio.Future[Outcome]) -> Outcome | None:
+    return future.result() if future.done() and not future.cancelled() else None
 
 
 def _forget(registry: Registry, waiters: list[Waiter]) -> None:
@@ -217,7 +231,8 @@ async def relay_job(
     is awaited once the job is inserted (Django's ``task_enqueued`` for tasks).
     """
     # One span for the round trip: the job's send and process spans are its children.
-    with tracing.waiting(f"relay {job.queue}", job):
+    # Untraced, no generator stays suspended across the wait (memory per relay).
+    with tracing.waiting(f"relay {job.queue}", job) if tracing.enabled() else _UNTRACED:
         return await _relay_job(
             job,
             timeout=timeout,

@@ -175,6 +175,8 @@ connection_created.connect(_track_connection, dispatch_uid="django_relay.executo
 
 
 def _orm_connected() -> bool:
+    if not _orm_connections:  # the common case: no async job used the ORM
+        return False
     with _orm_lock:
         return any(wrapper.connection is not None for wrapper in _orm_connections)
 
@@ -209,12 +211,7 @@ async def _call(process: Any, job: Job, threads: JobThreads | None) -> Any:
         # connection, inside its transaction.
         return await sync_to_async(process)(job)
     context = contextvars.copy_context()  # so current_job is set inside the thread
-    future = threads.submit(context.run, _run_sync, process, job)
-    try:
-        return await asyncio.wrap_future(future)
-    except asyncio.CancelledError:
-        threads.overdue(future)  # timed out (or the runner stops): the thread runs on
-        raise
+    return await threads.run(context.run, _run_sync, process, job)
 
 
 async def _run(process: Any, job: Job, threads: JobThreads | None, timeout: float | None) -> Any:

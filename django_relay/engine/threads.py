@@ -11,11 +11,14 @@ one returns, and the log says so.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+
+from django_relay.listener.futures import call_soon, fail, resolve
 
 logger = logging.getLogger("django_relay")
 
@@ -37,9 +40,29 @@ class JobThreads:
         self._lock = threading.Lock()
         self._overdue: set[Future[Any]] = set()
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
-        """Run ``fn(*args)`` on a pool thread."""
-        return self._pool.submit(fn, *args)
+    async def run(self, fn: Callable[..., Any], /, *args: Any) -> Any:
+        """``fn(*args)`` on a pool thread; cancelled, the call is set aside as overdue.
+
+        Unlike ``asyncio.wrap_future``, which wakes the loop once per call, the
+        calls that end together hand their outcomes back with one wake-up.
+        """
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
+
+        def work() -> None:
+            try:
+                value = fn(*args)
+            except BaseException as exc:  # SystemExit too: the caller decides
+                call_soon(loop, fail, waiter, exc)
+            else:
+                call_soon(loop, resolve, waiter, value)
+
+        future = self._pool.submit(work)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            self.overdue(future)  # timed out (or the runner stops): the thread runs on
+            raise
 
     @property
     def overdue_count(self) -> int:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import psycopg
 
 from django_relay import queries
-from django_relay.listener.futures import fail, resolve
+from django_relay.listener.futures import call_soon, fail, resolve
 from django_relay.pg import ConnectionLost, Link
 
 logger = logging.getLogger("django_relay")
@@ -128,7 +128,7 @@ class Inserter:
             except Exception as exc:
                 if not _refused(exc):
                     for entry in batch:
-                        entry.waiter.loop.call_soon_threadsafe(fail, entry.inserted, exc)
+                        call_soon(entry.waiter.loop, fail, entry.inserted, exc)
                     return
                 # Refused: nothing was inserted. Split the batch in halves and insert
                 # each again, so only the rows it refuses fail, each with its own
@@ -136,7 +136,7 @@ class Inserter:
                 for entry in batch:
                     entry.sent = False
                 if len(batch) == 1:
-                    batch[0].waiter.loop.call_soon_threadsafe(fail, batch[0].inserted, exc)
+                    call_soon(batch[0].waiter.loop, fail, batch[0].inserted, exc)
                     return
                 half = len(batch) // 2
                 await self._insert_batch(batch[:half])
@@ -148,7 +148,7 @@ class Inserter:
                 entry.waiter.subscribed = not saved[4]
                 if entry.waiter.active:
                     self._on_inserted(entry.waiter)  # subscribe, then check
-                    entry.waiter.loop.call_soon_threadsafe(resolve, entry.inserted, saved)
+                    call_soon(entry.waiter.loop, resolve, entry.inserted, saved)
                 else:
                     self._on_abandoned(saved[0])
             return

@@ -3,7 +3,7 @@
 Async views under WSGI each run in a fresh event loop and ``relay_sync`` waits
 in plain threads, so code bound to any caller's loop could not serve them all.
 The host owns a thread and a loop (or, in a runner, borrows the runner's loop);
-work runs there and hands results to its own loop with ``call_soon_threadsafe``.
+work runs there and hands results to its own loop through :func:`.futures.call_soon`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any
+
+from django_relay.listener import futures
 
 
 class LoopHost:
@@ -73,10 +75,10 @@ class LoopHost:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
-        """Call ``fn(*args)`` on the host's loop."""
+        """Call ``fn(*args)`` on the host's loop (a burst of calls wakes it once)."""
         self.start()
         assert self.loop is not None
-        self.loop.call_soon_threadsafe(fn, *args)
+        futures.call_soon(self.loop, fn, *args)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close the connections and end the thread (tests; a process exit needs none)."""

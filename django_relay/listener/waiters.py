@@ -30,7 +30,7 @@ from django_relay.exceptions import (
     RelayError,
     ResultTooLarge,
 )
-from django_relay.listener.futures import resolve
+from django_relay.listener.futures import call_soon, resolve
 from django_relay.listener.inserter import Inserter
 from django_relay.listener.notifier import Notifier, get_notifier
 from django_relay.models import TERMINAL_STATES
@@ -106,7 +106,7 @@ class Waiter:
         """Called on the listener's thread with a fresh read of the job."""
         if self.active and outcome.is_final(self.with_retries):
             self.active = False
-            self.loop.call_soon_threadsafe(resolve, self.future, outcome)
+            call_soon(self.loop, resolve, self.future, outcome)
 
 
 class Registry:

@@ -16,6 +16,7 @@ for. It and the benchmark's cleanup touch only the benchmark's own queues.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import cProfile
 import json
 import os
@@ -45,6 +46,9 @@ from django_relay.models import Job, WorkflowRun
 from django_relay.workflow import Workflow
 
 QUEUE = "relaybench"
+#: libpq's application_name of the bench's own connections (counted during the
+#: many-relays phase); the runner it starts gets another.
+APPLICATION = f"relaybench-{os.getpid()}"
 PGQ_SCHEMA = "relaybench_pgq"
 _PGQ_CONSUMER = (sys.executable, "-m", "django_relay.management.commands._benchpgq")
 _PYSPY = ("py-spy", "record", "--nonblocking", "--pid")
@@ -68,6 +72,10 @@ FIGURES = {
     "many_relays_per_s": "relays/s, --many-concurrent relays gathered (one LISTEN connection)",
     "rss_growth_mb": "peak RSS growth of the bench process during --many-concurrent relays",
     "rss_per_waiter_kb": "rss_growth_mb per waiter",
+    "many_relays_connections": "peak connections of the bench process during --many-concurrent "
+    "relays (one LISTEN, one for relay inserts, one for result reads, Django's)",
+    "concurrent_relays_vs_async": "concurrent_relays_per_s / async no-op jobs/s at the highest "
+    "concurrency (the runner serves relays at that concurrency)",
     "enqueue_many_per_s": "jobs/s inserted by one enqueue_many() of --enqueue built jobs",
     "workflow_steps_per_s": "steps/s of a fan-out/fan-in workflow of --workflow steps",
     "workflow_vs_plain": "workflow_steps_per_s / async no-op jobs/s at the highest concurrency",
@@ -143,6 +151,10 @@ class Command(BaseCommand):
         if self.profile_dir:
             self.profile_dir.mkdir(parents=True, exist_ok=True)
         self.pgqueuer = self._pgqueuer_wanted(options["pgqueuer"])
+        # Names this process's connections opened from now on (unless DATABASES sets
+        # an application_name of its own), apart from its runner's: the many-relays
+        # phase counts them.
+        os.environ["PGAPPNAME"] = APPLICATION
         Job.objects.filter(queue__startswith=QUEUE).delete()
         runner = self._start_runner()
         profiler = cProfile.Profile() if self.profile_dir else None
@@ -203,6 +215,8 @@ class Command(BaseCommand):
             return "pgqueuer no-op jobs/s at that concurrency, best batch, first-to-last"
         if key.startswith("async_vs_pgqueuer"):
             return "async no-op jobs/s / pgqueuer's, same concurrency (bar: >= 1)"
+        if key.startswith("sync_vs_async"):
+            return "sync no-op jobs/s / async no-op jobs/s, same concurrency, same run"
         if key.startswith("sync"):
             return "sync `def process` no-op jobs/s, first-to-last (bar: >= 5,000)"
         return "async no-op jobs/s at that concurrency, --noop pre-enqueued, first-to-last"
@@ -219,7 +233,11 @@ class Command(BaseCommand):
         command += ["-m", "django", "relayworker", "--queues", ",".join(queues)]
         command += ["--log-level", self.options["runner_log_level"]]
         # The runner imports what this process imports (settings, the bench workers).
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, sys.path)),
+            "PGAPPNAME": "relaybench-runner",
+        }
         runner = _spawn(command, env)
         if self.profile_dir and shutil.which("py-spy"):
             self.pyspy: subprocess.Popen[bytes] | None = subprocess.Popen(
@@ -272,16 +290,26 @@ class Command(BaseCommand):
         if options["many_concurrent"]:
             before = _rss_kb()
             peak = _PeakRss()
-            result["many_relays_per_s"] = await _concurrent_relays(options["many_concurrent"])
+            async with _ConnectionCount() as connections:
+                result["many_relays_per_s"] = await _concurrent_relays(options["many_concurrent"])
             growth_kb = max(0, peak.stop() - before)
             result["rss_growth_mb"] = growth_kb / 1024
             result["rss_per_waiter_kb"] = growth_kb / options["many_concurrent"]
+            result["many_relays_connections"] = connections.peak
         for c in self.concurrencies:
             result[f"async_c{c}_per_s"] = await _throughput(
                 [NoopWorker.new(queue=f"{QUEUE}_c{c}") for _ in range(options["noop"])]
             )
-        result[f"sync_c{options['sync_concurrency']}_per_s"] = await _throughput(
+        sync_c = options["sync_concurrency"]
+        result[f"sync_c{sync_c}_per_s"] = await _throughput(
             [SyncNoopWorker.new(queue=f"{QUEUE}_sync") for _ in range(options["noop"])]
+        )
+        if sync_c in self.concurrencies:
+            result[f"sync_vs_async_c{sync_c}"] = (
+                result[f"sync_c{sync_c}_per_s"] / result[f"async_c{sync_c}_per_s"]
+            )
+        result["concurrent_relays_vs_async"] = (
+            result["concurrent_relays_per_s"] / result[f"async_c{max(self.concurrencies)}_per_s"]
         )
         result["enqueue_many_per_s"] = await _enqueue_rate(options["enqueue"])
         if options["workflow"]:
@@ -371,6 +399,35 @@ class _PeakRss:
         self._done.set()
         self._thread.join()
         return max(self.peak, _rss_kb())
+
+
+class _ConnectionCount:
+    """Samples how many connections this process holds until exit: those carrying the
+    application_name of its own (``APPLICATION``, or what ``DATABASES`` sets)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+
+    async def __aenter__(self) -> _ConnectionCount:
+        self._conn = await pg.connect()
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def _sample(self) -> None:
+        while True:
+            cur = await self._conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                "AND application_name = current_setting('application_name')"
+            )
+            row = await cur.fetchone()
+            self.peak = max(self.peak, row[0] if row else 0)
+            await asyncio.sleep(0.05)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._conn.close()
 
 
 def _spawn(command: list[str], env: Any) -> subprocess.Popen[str]:
