@@ -17,7 +17,11 @@ from django_relay.queries import (
     QUEUE_CHANNEL,
     SIGNAL_CHANNEL,
 )
-from django_relay.queries.triggers import SIGNAL_WAKE, WORKFLOW_ADVANCE
+from django_relay.queries.triggers import (
+    SIGNAL_WAKE,
+    WORKFLOW_ADVANCE,
+    WORKFLOW_ADVANCE_DECLARE,
+)
 
 
 class JobState(models.TextChoices):
@@ -108,6 +112,13 @@ class Job(models.Model):
     )
     ignore_cancelled = models.BooleanField(default=False, db_default=False)
     ignore_discarded = models.BooleanField(default=False, db_default=False)
+    # What makes a step's finish cost the same for any fan-in: a held step counts
+    # its deps not done yet (NULL: count them again at the next dep's finish), and
+    # each step names the steps that wait for it (the reverse of ``deps``).
+    deps_pending = models.PositiveIntegerField(
+        _("deps pending"), null=True, blank=True, editable=False
+    )
+    dependents = _json_field(verbose_name=_("dependents"), null=True, blank=True, editable=False)
     # Unique jobs: a hash of what makes two jobs duplicates (and of the period's
     # window), under a unique index; the trigger relay_unique_release clears it
     # once the job leaves ``unique_states``, so a new duplicate may then be inserted.
@@ -225,14 +236,14 @@ class Job(models.Model):
                     " 'attempt', NEW.attempt)::text",
                 ),
             ),
+            # Per statement: the transition tables give the steps it finished.
             pgtrigger.Trigger(
                 name="relay_workflow_advance",
+                level=pgtrigger.Statement,
                 when=pgtrigger.After,
                 operation=pgtrigger.Update,
-                condition=pgtrigger.Condition(
-                    "NEW.workflow_id IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state"
-                    " AND NEW.state IN ('completed', 'discarded', 'cancelled')"
-                ),
+                referencing=pgtrigger.Referencing(old="old_rows", new="new_rows"),  # type: ignore[no-untyped-call]
+                declare=WORKFLOW_ADVANCE_DECLARE,
                 func=WORKFLOW_ADVANCE,
             ),
         ]
