@@ -112,13 +112,6 @@ class Job(models.Model):
     )
     ignore_cancelled = models.BooleanField(default=False, db_default=False)
     ignore_discarded = models.BooleanField(default=False, db_default=False)
-    # What makes a step's finish cost the same for any fan-in: a held step counts
-    # its deps not done yet (NULL: count them again at the next dep's finish), and
-    # each step names the steps that wait for it (the reverse of ``deps``).
-    deps_pending = models.PositiveIntegerField(
-        _("deps pending"), null=True, blank=True, editable=False
-    )
-    dependents = _json_field(verbose_name=_("dependents"), null=True, blank=True, editable=False)
     # Unique jobs: a hash of what makes two jobs duplicates (and of the period's
     # window), under a unique index; the trigger relay_unique_release clears it
     # once the job leaves ``unique_states``, so a new duplicate may then be inserted.
@@ -126,6 +119,13 @@ class Job(models.Model):
         _("unique key"), max_length=64, null=True, blank=True, editable=False
     )
     unique_states = _json_field(verbose_name=_("unique in states"), null=True, blank=True)
+    # What makes a step's finish cost the same for any fan-in: a held step counts
+    # its deps not done yet (NULL: count them again at the next dep's finish), and
+    # each step names the steps that wait for it (the reverse of ``deps``).
+    deps_pending = models.PositiveIntegerField(
+        _("deps pending"), null=True, blank=True, editable=False
+    )
+    dependents = _json_field(verbose_name=_("dependents"), null=True, blank=True, editable=False)
     # Drawn from a sequence at each claim and never repeated: it fences every write
     # of the attempt (ack, release, reconcile, consuming a signal), so a stale
     # attempt's write matches nothing even after the job is claimed again with the
