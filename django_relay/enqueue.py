@@ -11,10 +11,11 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import connections
+from django.db import connections, transaction
 from django.utils import timezone
 
 from django_relay import codec, queries, signals, tracing
@@ -124,34 +125,40 @@ async def aenqueue(klass: type, args: Mapping[str, Any] | None = None, **opts: A
     return await sync_to_async(enqueue)(klass, args, **opts)
 
 
+def _row(job: Job, limit: int) -> tuple[Any, ...]:
+    """An unsaved job's row, in :func:`queries.job_row`'s order, args and meta encoded."""
+    if not isinstance(job, Job):
+        raise TypeError(f"enqueue_many takes Job instances (from Worker.new()), not {job!r}")
+    if not job._state.adding:
+        raise ValueError(f"job {job.pk} is already saved")
+    return (
+        codec.dumps(job.args, limit=limit, what="args"),
+        codec.dumps(job.meta, limit=limit, what="meta"),
+        job.worker,
+        job.queue,
+        job.max_attempts,
+        job.priority,
+        job.scheduled_at,
+        job.state if job.state == "suspended" else None,
+        job.workflow_id,
+        job.step,
+        list(job.deps) if job.deps else None,
+        job.ignore_cancelled,
+        job.ignore_discarded,
+        job.unique_key,
+        list(job.unique_states) if job.unique_key else None,
+        job.deps_pending,
+        job.dependents,
+    )
+
+
 def encode(job: Job) -> queries.NewJob:
     """The row to insert for an unsaved job, its JSON encoded and size-checked.
 
     Raises:
         EncodeError: args or meta cannot be stored.
     """
-    if not isinstance(job, Job):
-        raise TypeError(f"enqueue_many takes Job instances (from Worker.new()), not {job!r}")
-    if not job._state.adding:
-        raise ValueError(f"job {job.pk} is already saved")
-    limit = settings.MAX_ARGS_BYTES
-    return queries.NewJob(
-        worker=job.worker,
-        queue=job.queue,
-        args=codec.dumps(job.args, limit=limit, what="args"),
-        meta=codec.dumps(job.meta, limit=limit, what="meta"),
-        max_attempts=job.max_attempts,
-        priority=job.priority,
-        scheduled_at=job.scheduled_at,
-        state=job.state if job.state == "suspended" else None,
-        workflow_id=job.workflow_id,
-        step=job.step,
-        deps=codec.dumps(list(job.deps)) if job.deps else None,
-        ignore_cancelled=job.ignore_cancelled,
-        ignore_discarded=job.ignore_discarded,
-        unique_key=job.unique_key,
-        unique_states=codec.dumps(job.unique_states) if job.unique_key else None,
-    )
+    return queries.NewJob(*_row(job, settings.MAX_ARGS_BYTES))
 
 
 def enqueue_many(jobs: Iterable[Job] | Any) -> list[Job]:
@@ -173,10 +180,19 @@ def enqueue_many(jobs: Iterable[Job] | Any) -> list[Job]:
     if len({id(job) for job in jobs}) != len(jobs):
         # It would be inserted twice, and keep only the last row's id.
         raise ValueError("enqueue_many was given the same Job instance twice")
+    alias = settings.DATABASE_ALIAS
+    limit = settings.MAX_ARGS_BYTES
+    job_row = queries.job_row
     with tracing.producing(jobs):  # writes each job's trace context into its meta
-        rows = [encode(job) for job in jobs]
-        with connections[settings.DATABASE_ALIAS].cursor() as cursor:
-            returned = queries.insert_jobs(cursor, rows)
+        rows = [job_row(*_row(job, limit)) for job in jobs]
+        # Several statements (unique jobs, or a batch past one statement's size)
+        # are one transaction, so a failure inserts none of them.
+        several = queries.statements(rows) > 1
+        with (
+            transaction.atomic(using=alias) if several else nullcontext(),
+            connections[alias].cursor() as cursor,
+        ):
+            returned = queries.insert_rows(cursor, rows)
         mark_saved(jobs, returned)
     if signals.job_enqueued.receivers:
         for job in jobs:
@@ -191,6 +207,7 @@ def mark_saved(jobs: Iterable[Job], returned: Iterable[tuple[Any, ...]]) -> None
     That is ``(id, state, scheduled_at, inserted_at, conflict)``: with ``conflict``
     the job was a duplicate and now stands for the existing job.
     """
+    alias = settings.DATABASE_ALIAS
     for job, (job_id, state, scheduled_at, inserted_at, conflict) in zip(
         jobs, returned, strict=True
     ):
@@ -202,7 +219,7 @@ def mark_saved(jobs: Iterable[Job], returned: Iterable[tuple[Any, ...]]) -> None
         )
         job.conflict = conflict
         job._state.adding = False
-        job._state.db = settings.DATABASE_ALIAS
+        job._state.db = alias
 
 
 async def aenqueue_many(jobs: Iterable[Job] | Any) -> list[Job]:

@@ -18,6 +18,7 @@ from django_relay.queries.triggers import (
     FINISHED,
     SIGNAL_WAKE,
     WORKFLOW_ADVANCE,
+    WORKFLOW_ADVANCE_DECLARE,
 )
 
 
@@ -131,6 +132,13 @@ class Job(models.Model):
     # awaits it adds its own channel, and the relay_finished trigger notifies those
     # channels only (NULL: nobody waits, and no NOTIFY is sent).
     waiters = ChannelListField(_("waiting listeners"), null=True, blank=True, editable=False)
+    # What makes a step's finish cost the same for any fan-in: a held step counts
+    # its deps not done yet (NULL: count them again at the next dep's finish), and
+    # each step names the steps that wait for it (the reverse of ``deps``).
+    deps_pending = models.PositiveIntegerField(
+        _("deps pending"), null=True, blank=True, editable=False
+    )
+    dependents = _json_field(verbose_name=_("dependents"), null=True, blank=True, editable=False)
     # Drawn from a sequence at each claim and never repeated: it fences every write
     # of the attempt (ack, release, reconcile, consuming a signal), so a stale
     # attempt's write matches nothing even after the job is claimed again with the
@@ -237,14 +245,14 @@ class Job(models.Model):
                 referencing=pgtrigger.Referencing(old="old_rows", new="new_rows"),  # type: ignore[no-untyped-call]
                 func=FINISHED,
             ),
+            # Per statement: the transition tables give the steps it finished.
             pgtrigger.Trigger(
                 name="relay_workflow_advance",
+                level=pgtrigger.Statement,
                 when=pgtrigger.After,
                 operation=pgtrigger.Update,
-                condition=pgtrigger.Condition(
-                    "NEW.workflow_id IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state"
-                    " AND NEW.state IN ('completed', 'discarded', 'cancelled')"
-                ),
+                referencing=pgtrigger.Referencing(old="old_rows", new="new_rows"),  # type: ignore[no-untyped-call]
+                declare=WORKFLOW_ADVANCE_DECLARE,
                 func=WORKFLOW_ADVANCE,
             ),
         ]

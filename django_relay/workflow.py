@@ -133,6 +133,10 @@ class Workflow:
         self.validate()
         if self.run is not None:
             raise WorkflowError("this workflow was already enqueued")
+        dependents: dict[str, list[str]] = {name: [] for name in self.steps}
+        for step in self.steps.values():
+            for dep in dict.fromkeys(step.deps):
+                dependents[dep].append(step.name)
         with transaction.atomic(using=settings.DATABASE_ALIAS):
             run = WorkflowRun.objects.create(name=self.name or "")
             for step in self.steps.values():
@@ -143,13 +147,18 @@ class Workflow:
                     step.ignore_cancelled,
                     step.ignore_discarded,
                 )
+                # The trigger that advances the run follows ``dependents`` from a
+                # finished step and counts ``deps_pending`` down (see WORKFLOW_ADVANCE).
+                job.dependents = dependents[step.name]
                 if step.deps:
                     job.state = JobState.SUSPENDED
+                    job.deps_pending = len(set(step.deps))
             try:
                 jobs = enqueue_many([s.job for s in self.steps.values()])
             except Exception:
                 for step in self.steps.values():  # leave the builder as it was
                     step.job.workflow = None
+                    step.job.dependents = step.job.deps_pending = None
                 raise
         self.run = run
         return jobs

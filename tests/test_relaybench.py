@@ -23,18 +23,22 @@ BENCH = (
 )
 
 
-def test_a_small_run_reports_every_figure_and_leaves_no_jobs(tmp_path):
-    profile = tmp_path / "profile"
-    bench = subprocess.run(
-        [*BENCH, "--profile", str(profile)],
+def bench(*options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BENCH, *options],
         env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
-    assert bench.returncode == 0, bench.stderr
-    report = json.loads(bench.stdout)
+
+
+def test_a_small_run_reports_every_figure_and_leaves_no_jobs(tmp_path):
+    profile = tmp_path / "profile"
+    run = bench("--profile", str(profile))
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
     assert report["runs"] == 2
     figures = {key: value for key, value in report.items() if isinstance(value, dict)}
     assert set(figures) >= {
@@ -70,3 +74,16 @@ def test_a_small_run_reports_every_figure_and_leaves_no_jobs(tmp_path):
     assert pstats.Stats(str(profile / "runner.prof")).total_calls > 0
     assert not Job.objects.filter(queue__startswith="relaybench").exists()
     assert not WorkflowRun.objects.exists()
+
+
+def test_only_runs_the_sections_named():
+    run = bench("--runs", "1", "--only", "enqueue")
+    assert run.returncode == 0, run.stderr
+    figures = {key for key, value in json.loads(run.stdout).items() if isinstance(value, dict)}
+    assert figures == {"enqueue_many_per_s"}
+
+
+def test_only_refuses_an_unknown_section():
+    run = bench("--only", "enqueue,warp")
+    assert run.returncode != 0
+    assert "no section warp" in run.stderr

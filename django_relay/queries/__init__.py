@@ -29,10 +29,15 @@ from django_relay.queries.enqueue import (
     INSERT_RESERVED_JOBS as INSERT_RESERVED_JOBS,
     RESERVE_JOB_IDS as RESERVE_JOB_IDS,
     RESERVED_JOBS as RESERVED_JOBS,
+    STATEMENT_BYTES as STATEMENT_BYTES,
     NewJob as NewJob,
+    Row as Row,
     ainsert_reserved_jobs as ainsert_reserved_jobs,
     insert_jobs as insert_jobs,
+    insert_rows as insert_rows,
+    job_row as job_row,
     reserve_job_ids as reserve_job_ids,
+    statements as statements,
 )
 from django_relay.queries.flow import (
     LIMIT_QUEUE as LIMIT_QUEUE,

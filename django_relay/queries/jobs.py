@@ -33,7 +33,8 @@ ORDER BY id FOR SHARE
 # The retried jobs, plus the steps a cascade cancelled because one of them failed
 # (transitively: they would have run had it completed). A step runs now only if
 # each of its deps completed (or ended in a way it ignores) and is not itself
-# going again; otherwise it is held (``suspended``) until its deps finish.
+# going again; otherwise it is held (``suspended``) until its deps finish, and
+# the workflow trigger counts its deps afresh at the next one's finish.
 RETRY_JOBS = """
 WITH RECURSIVE asked AS (
     SELECT id, workflow_id, step FROM django_relay_job
@@ -64,7 +65,8 @@ WITH RECURSIVE asked AS (
     GROUP BY c.id
 )
 UPDATE django_relay_job AS j SET state = next.state, scheduled_at = now(), finished_at = NULL,
-    max_attempts = greatest(j.max_attempts, j.attempt + 1)
+    max_attempts = greatest(j.max_attempts, j.attempt + 1),
+    deps_pending = NULL  -- a held step counts its deps at the next one's finish
 FROM next WHERE j.id = next.id
 RETURNING j.id
 """

@@ -39,6 +39,8 @@ JOB_COLUMNS = (
     "unique_key",
     "unique_states",
     "waiters",
+    "deps_pending",
+    "dependents",
     "claim_token",
 )
 
@@ -48,7 +50,8 @@ _CLAIMED = """j.id, j.worker, j.queue, j.state, j.args::text, j.meta::text, NULL
           least(greatest(j.inserted_at, '0001-01-02'), '9999-12-30') AS inserted_at,
           j.attempted_at, j.finished_at, j.signal_count, j.attempted_by,
           j.workflow_id, j.step, j.deps::text, j.ignore_cancelled, j.ignore_discarded,
-          j.unique_key, NULL AS unique_states, NULL AS waiters, j.claim_token"""
+          j.unique_key, NULL AS unique_states, NULL AS waiters, NULL AS deps_pending,
+          NULL AS dependents, j.claim_token"""
 
 CLAIM = f"""
 WITH next AS (

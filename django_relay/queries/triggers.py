@@ -5,46 +5,115 @@ Changing a statement here changes a trigger: it needs a migration.
 
 from django_relay.queries.channels import AVAILABLE_CHANNEL, EVENTS_CHANNEL
 
-# When a step finishes, decide for each held dependent: run it (every dep completed,
+# When steps finish, decide for each held dependent: run it (every dep completed,
 # or ended in a way it ignores), cancel it (a dep was cancelled or discarded and it
-# does not ignore that), or keep holding it. Locking the dependents first makes two
-# deps finishing in concurrent transactions safe: the second waits for the first
-# to commit, and the UPDATE (a new statement, so a new snapshot) then sees both.
-# Cancelling a dependent fires this trigger again: cascades are transitive. Its
-# error entry names the ``cause`` (the dep's job id): whoever finished that dep can
-# read back what the cascade cancelled, and retrying the dep can hold it again.
+# does not ignore that), or keep holding it.
+#
+# A statement-level trigger: the acks of a batch of steps touch each dependent
+# once, however many of its deps they finish. The dependents are the ones the
+# finished steps name (``dependents``, found through the run's step index), and
+# each counts its deps not done yet (``deps_pending``): while more are left than
+# finished here, it only counts down, so a fan-in of n costs O(n), not O(n^2).
+# The decision itself (the last deps, a failure, or an unknown count) looks at
+# every dep, as it always did, and counts them afresh. So a count may be too low
+# (the step then looks at its deps sooner) but never too high: it is exact at
+# insert (the step's distinct deps, none finished), goes down once per dep's
+# finish while the step is held, and a step held again by a retry gets NULL (see
+# RETRY_JOBS); a dep retried after it was counted is pending again, uncounted.
+#
+# Locking the dependents first, in id order, makes deps finishing in concurrent
+# transactions safe: the second waits for the first to commit, and the UPDATE (a
+# new statement, so a new snapshot) then sees the first's count. Cancelling a
+# dependent fires this trigger again: cascades are transitive. Its error entry
+# names the ``cause``: the job id of a dep that failed here (the lowest), or of
+# one that finished here. Whoever finished that dep can read back what the
+# cascade cancelled, and retrying the dep can hold it again.
 WORKFLOW_ADVANCE = """
-PERFORM 1 FROM django_relay_job
-WHERE workflow_id = NEW.workflow_id AND state = 'suspended' AND deps ? NEW.step
-ORDER BY id FOR UPDATE;
+IF NOT EXISTS (SELECT 1 FROM new_rows
+               WHERE workflow_id IS NOT NULL AND dependents <> '[]'
+                 AND state IN ('completed', 'discarded', 'cancelled')) THEN
+    RETURN NULL;
+END IF;
+-- Planned at each run (EXECUTE), like the runner's claim: a plan cached by the
+-- session would be the one for the first statement's rows and for the table's
+-- size back then (a sequential scan, once the table was small).
+EXECUTE $sql$
+SELECT array_agg(h.id ORDER BY h.id), array_agg(h.done ORDER BY h.id),
+       array_agg(h.fails ORDER BY h.id), array_agg(h.cause ORDER BY h.id)
+FROM (
+    SELECT c.id, count(*) FILTER (WHERE NOT f.fails) AS done, bool_or(f.fails) AS fails,
+           coalesce(min(n.id) FILTER (WHERE f.fails), min(n.id)) AS cause
+    FROM new_rows AS n
+    JOIN django_relay_job AS c ON c.workflow_id = n.workflow_id
+     AND c.step = ANY(ARRAY(SELECT jsonb_array_elements_text(n.dependents)))
+    CROSS JOIN LATERAL (
+        SELECT n.state = 'cancelled' AND NOT c.ignore_cancelled
+               OR n.state = 'discarded' AND NOT c.ignore_discarded AS fails
+    ) AS f
+    WHERE n.workflow_id IS NOT NULL AND n.dependents <> '[]'
+      AND n.state IN ('completed', 'discarded', 'cancelled')
+      AND NOT EXISTS (SELECT 1 FROM old_rows AS o WHERE o.id = n.id AND o.state = n.state)
+      AND c.state = 'suspended'
+    GROUP BY c.id
+) AS h
+$sql$ INTO held, done, fails, causes;
+IF held IS NULL THEN
+    RETURN NULL;
+END IF;
+PERFORM 1 FROM django_relay_job WHERE id = ANY(held) ORDER BY id FOR UPDATE;
+EXECUTE $sql$
 UPDATE django_relay_job AS d SET
     state = s.next_state,
-    scheduled_at = now(),
+    deps_pending = CASE WHEN s.recount THEN s.pending ELSE d.deps_pending - s.done END,
+    scheduled_at = CASE WHEN s.next_state = 'suspended' THEN d.scheduled_at ELSE now() END,
     finished_at = CASE WHEN s.next_state = 'cancelled' THEN now() END,
     errors = CASE WHEN s.next_state = 'cancelled' THEN d.errors || jsonb_build_array(
         jsonb_build_object('attempt', d.attempt, 'at', now(), 'kind', 'cancel',
-                           'error', s.reason, 'cause', NEW.id)) ELSE d.errors END
+                           'error', s.reason, 'cause', s.cause)) ELSE d.errors END
 FROM (
-    SELECT c.id,
-           CASE WHEN bool_or(p.state = 'cancelled' AND NOT c.ignore_cancelled
-                             OR p.state = 'discarded' AND NOT c.ignore_discarded)
-                THEN 'cancelled'
-                WHEN bool_and(p.state = 'completed'
+    SELECT c.id, h.done, h.cause, g.recount, a.pending, a.reason,
+           CASE WHEN g.recount THEN a.next_state ELSE 'suspended' END AS next_state
+    FROM unnest($1::bigint[], $2::int[], $3::boolean[], $4::bigint[]) AS h(id, done, fails, cause)
+    JOIN django_relay_job AS c ON c.id = h.id
+    CROSS JOIN LATERAL (
+        SELECT h.fails OR c.deps_pending IS NULL OR c.deps_pending <= h.done AS recount
+    ) AS g
+    CROSS JOIN LATERAL (
+        -- Gated on g.recount (a one-time filter): a count-down reads no dep.
+        SELECT CASE WHEN bool_or(p.state = 'cancelled' AND NOT c.ignore_cancelled
+                                 OR p.state = 'discarded' AND NOT c.ignore_discarded)
+                    THEN 'cancelled'
+                    WHEN bool_and(p.state = 'completed'
+                                  OR p.state = 'cancelled' AND c.ignore_cancelled
+                                  OR p.state = 'discarded' AND c.ignore_discarded)
+                    THEN 'available'
+                    ELSE 'suspended' END AS next_state,
+               count(*) FILTER (
+                   WHERE NOT (p.state = 'completed'
                               OR p.state = 'cancelled' AND c.ignore_cancelled
-                              OR p.state = 'discarded' AND c.ignore_discarded)
-                THEN 'available'
-                ELSE 'suspended' END AS next_state,
-           'dependency ' || string_agg(p.step || ' was ' || p.state, ', ' ORDER BY p.step)
-               FILTER (WHERE p.state IN ('cancelled', 'discarded')) AS reason
-    FROM django_relay_job AS c
-    CROSS JOIN LATERAL jsonb_array_elements_text(c.deps) AS dep(name)
-    JOIN django_relay_job AS p ON p.workflow_id = c.workflow_id AND p.step = dep.name
-    WHERE c.workflow_id = NEW.workflow_id AND c.state = 'suspended' AND c.deps ? NEW.step
-    GROUP BY c.id
+                              OR p.state = 'discarded' AND c.ignore_discarded)) AS pending,
+               'dependency ' || string_agg(p.step || ' was ' || p.state, ', ' ORDER BY p.step)
+                   FILTER (WHERE p.state IN ('cancelled', 'discarded')) AS reason
+        FROM django_relay_job AS p
+        WHERE p.workflow_id = c.workflow_id
+          AND p.step = ANY(ARRAY(SELECT jsonb_array_elements_text(c.deps))) AND g.recount
+    ) AS a
+    WHERE c.state = 'suspended'
 ) AS s
-WHERE d.id = s.id AND s.next_state <> 'suspended';
+WHERE d.id = s.id AND d.state = 'suspended'
+$sql$ USING held, done, fails, causes;
 RETURN NULL;
 """
+
+#: The variables WORKFLOW_ADVANCE declares: the held dependents it found, in id
+#: order, with how many of their deps finished here, whether one failed for them,
+#: and the cause to name if they are cancelled.
+WORKFLOW_ADVANCE_DECLARE = [
+    ("held", "bigint[]"),
+    ("done", "int[]"),
+    ("fails", "boolean[]"),
+    ("causes", "bigint[]"),
+]
 
 
 # A signal inserted for a job snoozed in await_signal makes it available (its

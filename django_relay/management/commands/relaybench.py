@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 from asgiref.sync import sync_to_async
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_relay import pg, queries
 from django_relay.enqueue import enqueue_many
@@ -80,6 +80,10 @@ FIGURES = {
     "workflow_steps_per_s": "steps/s of a fan-out/fan-in workflow of --workflow steps",
     "workflow_vs_plain": "workflow_steps_per_s / async no-op jobs/s at the highest concurrency",
 }
+
+
+#: The sections of a run, in the order they run (``--only``).
+SECTIONS = ("relay", "concurrent", "throughput", "enqueue", "workflow")
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -131,6 +135,12 @@ class Command(BaseCommand):
             default="10,25,100",
             help="pgqueuer batch sizes to try; each figure keeps the best",
         )
+        parser.add_argument(
+            "--only",
+            default=",".join(SECTIONS),
+            help=f"sections to run, comma-separated, among {', '.join(SECTIONS)} "
+            "(workflow_vs_plain needs throughput too)",
+        )
         parser.add_argument("--json", action="store_true", help="print JSON only")
         parser.add_argument(
             "--profile",
@@ -147,6 +157,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         self.options = options
         self.concurrencies = _ints(options["concurrency"])
+        self.sections = {part.strip() for part in options["only"].split(",") if part.strip()}
+        if unknown := self.sections - set(SECTIONS):
+            raise CommandError(f"--only: no section {', '.join(sorted(unknown))}")
         self.profile_dir = Path(options["profile"]) if options["profile"] else None
         if self.profile_dir:
             self.profile_dir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +179,7 @@ class Command(BaseCommand):
                 runs.append(asyncio.run(self._run()))
                 if profiler:
                     profiler.disable()
-            if self.pgqueuer:
+            if self.pgqueuer and "throughput" in self.sections:
                 for run, pgq in zip(runs, asyncio.run(self._pgqueuer_runs()), strict=True):
                     run.update(pgq)
                     for c in self.concurrencies:
@@ -263,8 +276,51 @@ class Command(BaseCommand):
         # drained queue): the previous run's dead rows would slow every index scan.
         async with await pg.connect() as conn:
             await conn.execute("VACUUM ANALYZE django_relay_job")
-        low, high = (float(part) / 1000 for part in options["gap"].split(","))
-        n = options["relays"]
+        result: dict[str, float] = {}
+        if "relay" in self.sections:
+            result.update(await self._round_trips())
+        if "concurrent" in self.sections:
+            result["concurrent_relays_per_s"] = await _concurrent_relays(options["concurrent"])
+            if options["many_concurrent"]:
+                before = _rss_kb()
+                peak = _PeakRss()
+                async with _ConnectionCount() as connections:
+                    many = await _concurrent_relays(options["many_concurrent"])
+                result["many_relays_per_s"] = many
+                growth_kb = max(0, peak.stop() - before)
+                result["rss_growth_mb"] = growth_kb / 1024
+                result["rss_per_waiter_kb"] = growth_kb / options["many_concurrent"]
+                result["many_relays_connections"] = connections.peak
+        if "throughput" in self.sections:
+            for c in self.concurrencies:
+                result[f"async_c{c}_per_s"] = await _throughput(
+                    [NoopWorker.new(queue=f"{QUEUE}_c{c}") for _ in range(options["noop"])]
+                )
+            sync_c = options["sync_concurrency"]
+            result[f"sync_c{sync_c}_per_s"] = await _throughput(
+                [SyncNoopWorker.new(queue=f"{QUEUE}_sync") for _ in range(options["noop"])]
+            )
+            if sync_c in self.concurrencies:
+                result[f"sync_vs_async_c{sync_c}"] = (
+                    result[f"sync_c{sync_c}_per_s"] / result[f"async_c{sync_c}_per_s"]
+                )
+            if "concurrent_relays_per_s" in result:
+                result["concurrent_relays_vs_async"] = (
+                    result["concurrent_relays_per_s"]
+                    / result[f"async_c{max(self.concurrencies)}_per_s"]
+                )
+        if "enqueue" in self.sections:
+            result["enqueue_many_per_s"] = await _enqueue_rate(options["enqueue"])
+        if "workflow" in self.sections and options["workflow"]:
+            result["workflow_steps_per_s"] = await _workflow_rate(options["workflow"])
+            plain = result.get(f"async_c{max(self.concurrencies)}_per_s")
+            if plain:
+                result["workflow_vs_plain"] = result["workflow_steps_per_s"] / plain
+        return result
+
+    async def _round_trips(self) -> dict[str, float]:
+        low, high = (float(part) / 1000 for part in self.options["gap"].split(","))
+        n = self.options["relays"]
 
         def gap() -> float:
             return random.uniform(low, high)
@@ -286,36 +342,6 @@ class Command(BaseCommand):
             result["relay_idle_p99_ms"] / result["floor_idle_p99_ms"]
         )
         result["relay_b2b_vs_floor"] = result["relay_b2b_p50_ms"] / result["floor_b2b_p50_ms"]
-        result["concurrent_relays_per_s"] = await _concurrent_relays(options["concurrent"])
-        if options["many_concurrent"]:
-            before = _rss_kb()
-            peak = _PeakRss()
-            async with _ConnectionCount() as connections:
-                result["many_relays_per_s"] = await _concurrent_relays(options["many_concurrent"])
-            growth_kb = max(0, peak.stop() - before)
-            result["rss_growth_mb"] = growth_kb / 1024
-            result["rss_per_waiter_kb"] = growth_kb / options["many_concurrent"]
-            result["many_relays_connections"] = connections.peak
-        for c in self.concurrencies:
-            result[f"async_c{c}_per_s"] = await _throughput(
-                [NoopWorker.new(queue=f"{QUEUE}_c{c}") for _ in range(options["noop"])]
-            )
-        sync_c = options["sync_concurrency"]
-        result[f"sync_c{sync_c}_per_s"] = await _throughput(
-            [SyncNoopWorker.new(queue=f"{QUEUE}_sync") for _ in range(options["noop"])]
-        )
-        if sync_c in self.concurrencies:
-            result[f"sync_vs_async_c{sync_c}"] = (
-                result[f"sync_c{sync_c}_per_s"] / result[f"async_c{sync_c}_per_s"]
-            )
-        result["concurrent_relays_vs_async"] = (
-            result["concurrent_relays_per_s"] / result[f"async_c{max(self.concurrencies)}_per_s"]
-        )
-        result["enqueue_many_per_s"] = await _enqueue_rate(options["enqueue"])
-        if options["workflow"]:
-            result["workflow_steps_per_s"] = await _workflow_rate(options["workflow"])
-            plain = result[f"async_c{max(self.concurrencies)}_per_s"]
-            result["workflow_vs_plain"] = result["workflow_steps_per_s"] / plain
         return result
 
     # -- pgqueuer side by side --------------------------------------------------

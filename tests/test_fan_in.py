@@ -1,0 +1,133 @@
+"""The workflow trigger counts a held step's deps down: one statement finishing many
+deps, deps finishing in concurrent transactions, failures among them, a retried step."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from django_relay import Workflow, retry_jobs
+from django_relay.models import Job
+from tests.concurrency import race
+from tests.workflow_workers import StepWorker
+
+pytestmark = pytest.mark.django_db
+
+
+def finish(workflow: Workflow, steps: list[str], state: str = "completed") -> None:
+    """End these steps in one statement, as a runner's batched ack does."""
+    ids = [workflow.steps[name].job.pk for name in steps]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE django_relay_job SET state = %s, finished_at = now() WHERE id = ANY(%s)",
+            [state, ids],
+        )
+
+
+def row(workflow: Workflow, step: str) -> Job:
+    return Job.objects.get(pk=workflow.steps[step].job.pk)
+
+
+def assert_cancelled(workflow: Workflow, step: str, reason: str, *, cause: str) -> None:
+    job = row(workflow, step)
+    assert job.state == "cancelled"
+    assert (job.errors[-1]["error"], job.errors[-1]["cause"]) == (
+        reason,
+        workflow.steps[cause].job.pk,
+    )
+
+
+def fan_in(width: int, **options: bool) -> Workflow:
+    workflow = Workflow()
+    parts = [f"p{i}" for i in range(width)]
+    for name in parts:
+        workflow.add(name, StepWorker.new({}))
+    workflow.add("sink", StepWorker.new({}), deps=parts, **options)
+    workflow.enqueue()
+    return workflow
+
+
+def test_each_step_names_its_dependents_and_a_held_step_counts_its_deps():
+    workflow = (
+        Workflow()
+        .add("a", StepWorker.new({}))
+        .add("b", StepWorker.new({}), deps=["a"])
+        .add("c", StepWorker.new({}), deps=["a", "b", "a"])  # a repeated dep counts once
+    )
+    workflow.enqueue()
+    assert [row(workflow, s).dependents for s in "abc"] == [["b", "c"], ["c"], []]
+    assert [row(workflow, s).deps_pending for s in "abc"] == [None, 1, 2]
+    finish(workflow, ["a"])
+    assert (row(workflow, "b").state, row(workflow, "c").deps_pending) == ("available", 1)
+    finish(workflow, ["b"])
+    assert row(workflow, "c").state == "available"
+
+
+def test_one_statement_finishing_many_deps_counts_them_all():
+    workflow = fan_in(30)
+    finish(workflow, [f"p{i}" for i in range(10)])
+    sink = row(workflow, "sink")
+    assert (sink.state, sink.deps_pending) == ("suspended", 20)
+    finish(workflow, [f"p{i}" for i in range(10, 29)])
+    assert row(workflow, "sink").deps_pending == 1
+    finish(workflow, ["p29"])
+    assert row(workflow, "sink").state == "available"
+
+
+def test_a_failure_among_deps_finished_together_cancels_naming_it():
+    workflow = fan_in(3)
+    finish(workflow, ["p0", "p2"])
+    finish(workflow, ["p1"], state="discarded")
+    assert_cancelled(workflow, "sink", "dependency p1 was discarded", cause="p1")
+
+
+def test_an_ignored_failure_counts_as_done():
+    workflow = fan_in(3, ignore_discarded=True)
+    finish(workflow, ["p0"], state="discarded")
+    assert row(workflow, "sink").deps_pending == 2
+    finish(workflow, ["p1", "p2"])
+    assert row(workflow, "sink").state == "available"
+
+
+def test_a_step_retried_while_its_dep_failed_is_cancelled_at_the_next_finish_as_before():
+    # Held by a retry while dep p0 has failed: its count is unknown, so the next
+    # dep to finish looks at every dep, finds p0's failure and cancels it.
+    workflow = fan_in(3)
+    finish(workflow, ["p0"], state="discarded")
+    assert row(workflow, "sink").state == "cancelled"
+    retry_jobs([workflow.steps["sink"].job])
+    sink = row(workflow, "sink")
+    assert (sink.state, sink.deps_pending) == ("suspended", None)
+    finish(workflow, ["p1"])
+    assert_cancelled(workflow, "sink", "dependency p0 was discarded", cause="p1")
+
+
+def test_a_retried_dep_that_was_counted_still_holds_its_dependent():
+    workflow = fan_in(2, ignore_discarded=True)
+    finish(workflow, ["p0"], state="discarded")  # ignored: counted as done
+    retry_jobs([workflow.steps["p0"].job])  # p0 goes again
+    finish(workflow, ["p1"])
+    assert row(workflow, "sink").state == "suspended"  # waits for p0's new run
+    finish(workflow, ["p0"])
+    assert row(workflow, "sink").state == "available"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deps_finishing_in_concurrent_transactions_release_their_dependents_once():
+    # Two dependents share both deps: each transaction locks them in id order, so
+    # the two never deadlock, and the second sees the first's count.
+    failures = []
+    for trial in range(15):
+        workflow = (
+            Workflow()
+            .add("a", StepWorker.new({}))
+            .add("b", StepWorker.new({}))
+            .add("c", StepWorker.new({}), deps=["a", "b"])
+            .add("d", StepWorker.new({}), deps=["b", "a"])
+        )
+        workflow.enqueue()
+        results = race(lambda w=workflow: finish(w, ["a"]), lambda w=workflow: finish(w, ["b"]))
+        states = workflow.states()
+        if any(results) or (states["c"], states["d"]) != ("available", "available"):
+            failures.append((trial, results, states))
+    assert failures == []
