@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,6 +66,15 @@ async def await_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+def param_id(value: Any, limit: int = 80) -> str:
+    """A parametrized test's id from ``repr(value)``, without memory addresses.
+
+    pytest-xdist workers must collect the same ids: ``<object object at 0x7f...>`` differs
+    from one process to the next.
+    """
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))[:limit]
 
 
 class RunnerProcess:
