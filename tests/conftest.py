@@ -29,9 +29,16 @@ FAST = {
 }
 
 
+#: Default deadlines. Generous: only a failing test ever reaches one, and the suite runs in
+#: several processes at once (./dev test) on machines of 2 cores, where starting a runner
+#: subprocess (Python, Django, its connections) can take many seconds.
+WAIT_TIMEOUT = 30.0
+STARTUP_TIMEOUT = 60.0
+
+
 def wait_for(
     condition: Callable[[], Any],
-    timeout: float = 10.0,
+    timeout: float = WAIT_TIMEOUT,
     interval: float = 0.02,
     message: str = "condition",
 ) -> Any:
@@ -48,7 +55,7 @@ def wait_for(
 
 async def await_for(
     condition: Callable[[], Any],
-    timeout: float = 10.0,
+    timeout: float = WAIT_TIMEOUT,
     interval: float = 0.02,
     message: str = "condition",
 ) -> Any:
@@ -113,7 +120,7 @@ class RunnerProcess:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_for_line(self, text: str, timeout: float = 20.0) -> str:
+    def wait_for_line(self, text: str, timeout: float = STARTUP_TIMEOUT) -> str:
         def found() -> str | None:
             if self.proc.poll() is not None and not any(text in ln for ln in self.lines):
                 pytest.fail(f"{self.name} exited ({self.proc.returncode}):\n{self.output}")

@@ -18,7 +18,7 @@ from django.contrib.auth.models import User
 from django.db import connections
 
 from django_relay.models import Job
-from tests.conftest import REPO_ROOT, subprocess_env, wait_for
+from tests.conftest import REPO_ROOT, STARTUP_TIMEOUT, subprocess_env, wait_for
 from tests.ports import free_port
 from tests.signal_workers import ApprovalWorker
 from tests.workers import EchoWorker
@@ -56,7 +56,7 @@ def asgi_server(transactional_db: None) -> Iterator[str]:
             return False
 
     try:
-        wait_for(up, timeout=30, message="daphne to serve")
+        wait_for(up, timeout=STARTUP_TIMEOUT, message="daphne to serve")
         yield base
     finally:
         proc.terminate()

@@ -23,7 +23,7 @@ from urllib.parse import urljoin
 import pytest
 from django.core.management import CommandError
 
-from tests.conftest import REPO_ROOT, RunnerProcess, drop_database, server_url
+from tests.conftest import REPO_ROOT, STARTUP_TIMEOUT, RunnerProcess, drop_database, server_url
 from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
@@ -70,7 +70,7 @@ def demo_site(demo_database: str) -> Iterator[tuple[str, RunnerProcess]]:
         ["--port", str(port), "--runners", "1"], {**os.environ, "DATABASE_URL": demo_database}
     )
     try:
-        demo.wait_for_line("The demo is at", timeout=60)
+        demo.wait_for_line("The demo is at", timeout=2 * STARTUP_TIMEOUT)
         yield f"http://127.0.0.1:{port}/", demo
     finally:
         code = demo.stop(timeout=45, signum=signal.SIGINT)  # Ctrl-C, as a user would
