@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,9 +29,16 @@ FAST = {
 }
 
 
+#: Default deadlines. Generous: only a failing test ever reaches one, and the suite runs in
+#: several processes at once (./dev test) on machines of 2 cores, where starting a runner
+#: subprocess (Python, Django, its connections) can take many seconds.
+WAIT_TIMEOUT = 30.0
+STARTUP_TIMEOUT = 60.0
+
+
 def wait_for(
     condition: Callable[[], Any],
-    timeout: float = 10.0,
+    timeout: float = WAIT_TIMEOUT,
     interval: float = 0.02,
     message: str = "condition",
 ) -> Any:
@@ -47,7 +55,7 @@ def wait_for(
 
 async def await_for(
     condition: Callable[[], Any],
-    timeout: float = 10.0,
+    timeout: float = WAIT_TIMEOUT,
     interval: float = 0.02,
     message: str = "condition",
 ) -> Any:
@@ -65,6 +73,15 @@ async def await_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+def param_id(value: Any, limit: int = 80) -> str:
+    """A parametrized test's id from ``repr(value)``, without memory addresses.
+
+    pytest-xdist workers must collect the same ids: ``<object object at 0x7f...>`` differs
+    from one process to the next.
+    """
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))[:limit]
 
 
 class RunnerProcess:
@@ -103,7 +120,7 @@ class RunnerProcess:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_for_line(self, text: str, timeout: float = 20.0) -> str:
+    def wait_for_line(self, text: str, timeout: float = STARTUP_TIMEOUT) -> str:
         def found() -> str | None:
             if self.proc.poll() is not None and not any(text in ln for ln in self.lines):
                 pytest.fail(f"{self.name} exited ({self.proc.returncode}):\n{self.output}")

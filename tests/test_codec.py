@@ -14,6 +14,7 @@ from django.db import models
 from django_relay import codec
 from django_relay.codec import TAG, TooLarge
 from django_relay.exceptions import DecodeError, EncodeError
+from tests.conftest import param_id
 
 
 def roundtrip(value):
@@ -162,7 +163,7 @@ def test_a_user_dict_carrying_the_tag_key_cannot_forge_a_tagged_value():
         ({"c": 1 + 2j}, "args.c", "complex"),
         ({"s": frozenset()}, "args.s", "frozenset"),
     ],
-    ids=lambda v: repr(v)[:40],
+    ids=lambda v: param_id(v, 40),
 )
 def test_unserializable_values_are_refused_naming_their_path(value, path, detail):
     with pytest.raises(EncodeError) as excinfo:

@@ -6,7 +6,6 @@ Skipped, saying why, where Chromium or Playwright is missing; ``.ci/run`` instal
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -19,7 +18,8 @@ from django.contrib.auth.models import User
 from django.db import connections
 
 from django_relay.models import Job
-from tests.conftest import REPO_ROOT, subprocess_env, wait_for
+from tests.conftest import REPO_ROOT, STARTUP_TIMEOUT, subprocess_env, wait_for
+from tests.ports import free_port
 from tests.signal_workers import ApprovalWorker
 from tests.workers import EchoWorker
 
@@ -36,16 +36,10 @@ sync_api = pytest.importorskip(
 APP = "example_project.asgi:application"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def asgi_server(transactional_db: None) -> Iterator[str]:
     """The example project under daphne (HTTP and the job-event websocket), on the test DB."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0", APP],
         cwd=REPO_ROOT,
@@ -62,7 +56,7 @@ def asgi_server(transactional_db: None) -> Iterator[str]:
             return False
 
     try:
-        wait_for(up, timeout=30, message="daphne to serve")
+        wait_for(up, timeout=STARTUP_TIMEOUT, message="daphne to serve")
         yield base
     finally:
         proc.terminate()

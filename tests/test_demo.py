@@ -21,8 +21,10 @@ from typing import Any
 from urllib.parse import urljoin
 
 import pytest
+from django.core.management import CommandError
 
-from tests.conftest import REPO_ROOT, RunnerProcess, drop_database, server_url
+from tests.conftest import REPO_ROOT, STARTUP_TIMEOUT, RunnerProcess, drop_database, server_url
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -51,12 +53,6 @@ def start_demo(args: list[str], env: dict[str, str]) -> RunnerProcess:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def demo_database(django_db_blocker: Any) -> Iterator[str]:
     """A ``DATABASE_URL`` for a database of the demo's own on the suite's server."""
@@ -74,7 +70,7 @@ def demo_site(demo_database: str) -> Iterator[tuple[str, RunnerProcess]]:
         ["--port", str(port), "--runners", "1"], {**os.environ, "DATABASE_URL": demo_database}
     )
     try:
-        demo.wait_for_line("The demo is at", timeout=60)
+        demo.wait_for_line("The demo is at", timeout=2 * STARTUP_TIMEOUT)
         yield f"http://127.0.0.1:{port}/", demo
     finally:
         code = demo.stop(timeout=45, signum=signal.SIGINT)  # Ctrl-C, as a user would
@@ -213,3 +209,18 @@ def test_the_embedded_default_starts_migrates_and_relays(data_folder: Path):
     # It stopped the server it started: PostgreSQL removes postmaster.pid on shutdown.
     assert (data_folder / "demo" / "PG_VERSION").exists()
     assert not (data_folder / "demo" / "postmaster.pid").exists()
+
+
+def test_a_port_in_time_wait_is_free_to_serve_on():
+    from example_app.management.commands.relaydemo import _ensure_port_free
+
+    # free_port() leaves the port in TIME_WAIT, as a demo stopped a moment ago leaves 8000;
+    # uvicorn listens on it (SO_REUSEADDR), so relaydemo must not refuse it.
+    port = free_port()
+    _ensure_port_free("127.0.0.1", port)
+    with socket.socket() as holder:  # a server on it: taken
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        with pytest.raises(CommandError, match=f"Cannot serve on 127.0.0.1:{port}"):
+            _ensure_port_free("127.0.0.1", port)

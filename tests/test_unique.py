@@ -9,6 +9,7 @@ import pytest
 from django.db import connections
 
 from django_relay import enqueue_many
+from django_relay.listener.waiters import get_registry as _registry
 from django_relay.models import Job, JobState
 from tests.conftest import await_for
 from tests.flow_workers import AccountWorker, UniqueWorker
@@ -139,6 +140,10 @@ async def test_relay_of_a_duplicate_awaits_the_existing_jobs_result(
         lambda: sync_to_async(lambda: Job.objects.get(pk=first.pk).state == JobState.EXECUTING)(),
         timeout=20,
     )
+    # The relay must be waiting on the first job before that one may finish: otherwise,
+    # on a loaded machine, its insert can come after the first job ended, and no longer
+    # be a duplicate.
+    await await_for(lambda: first.pk in _registry().waiters, message="the relay to wait")
     gate.touch()
     assert await relayed == 5
     count = await sync_to_async(Job.objects.count)()

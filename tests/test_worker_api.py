@@ -17,6 +17,7 @@ from django_relay import aenqueue_many, enqueue_many, signals, worker
 from django_relay.exceptions import EncodeError, WorkerError
 from django_relay.models import Job, JobState
 from django_relay.registry import WorkerOptions, options_of, resolve
+from tests.conftest import param_id
 from tests.workers import EchoWorker
 
 
@@ -348,7 +349,7 @@ def test_enqueue_joins_the_callers_transaction_and_a_rollback_unenqueues():
         ({"n": [float("nan")]}, r"args\.n\[0\]: nan is not valid JSON"),
         ({1: "x"}, "args: dict keys must be str"),
     ],
-    ids=repr,
+    ids=param_id,
 )
 def test_enqueue_refuses_unserializable_args_and_inserts_nothing(args, message):
     with pytest.raises(EncodeError, match=message):

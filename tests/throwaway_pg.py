@@ -13,7 +13,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,8 @@ from typing import Any
 
 import psycopg
 
+from tests.ports import free_port
+
 PG_BIN = Path(os.environ.get("RELAY_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
@@ -31,13 +32,6 @@ def unavailable() -> str | None:
     if not (PG_BIN / "initdb").exists():
         return f"no PostgreSQL server programs in {PG_BIN} (set RELAY_TEST_PG_BIN)"
     return None
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ThrowawayPostgres:

@@ -272,6 +272,9 @@ def _answers(host: str, port: int) -> bool:
 
 def _ensure_port_free(host: str, port: int) -> None:
     with socket.socket() as probe:
+        # As uvicorn binds: a port whose last connections linger in TIME_WAIT (the demo
+        # was stopped a moment ago) is free to listen on.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
