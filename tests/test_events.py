@@ -14,6 +14,7 @@ from django.test import override_settings
 from django.urls import path
 
 from django_relay.consumers import JobEventsConsumer
+from tests.conftest import WAIT_TIMEOUT
 from tests.workers import EchoWorker
 
 pytestmark = [
@@ -82,7 +83,7 @@ async def _close_channels_postgres_pool():
 async def test_all_jobs_feed_streams_each_finished_attempt(start_runner, layer):
     start_runner()
     communicator = await connect("/ws/jobs/")
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=WAIT_TIMEOUT)
     assert connected
     job = await EchoWorker.aenqueue({"value": 1})
     assert await communicator.receive_json_from(timeout=10) == {
@@ -98,7 +99,7 @@ async def test_one_job_feed_only_sees_that_job(start_runner, layer):
     other = await EchoWorker.aenqueue({"value": "other"}, schedule_in=3600)
     job = await EchoWorker.aenqueue({"value": "mine"}, schedule_in=3600)
     communicator = await connect(f"/ws/jobs/{job.id}/")
-    connected, _ = await communicator.connect()
+    connected, _ = await communicator.connect(timeout=WAIT_TIMEOUT)
     assert connected
     from django_relay.models import Job
 
@@ -115,5 +116,5 @@ async def test_one_job_feed_only_sees_that_job(start_runner, layer):
 
 async def test_non_staff_users_are_refused():
     communicator = await connect("/ws/jobs/", staff=False)
-    connected, code = await communicator.connect()
+    connected, code = await communicator.connect(timeout=WAIT_TIMEOUT)
     assert (connected, code) == (False, 4403)
