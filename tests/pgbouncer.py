@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from tests.throwaway_pg import free_port
+from tests.ports import free_port
 
 
 def program() -> str | None:

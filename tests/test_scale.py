@@ -32,7 +32,7 @@ pytestmark = pytest.mark.scale
 
 #: Flip to True once targeted ``relay_finished`` NOTIFYs are in (issue 15, ``notify``):
 #: then deliveries per relayed job must be <= 1 and 0 for jobs nobody waits on.
-ASSERT_DELIVERIES = False
+ASSERT_DELIVERIES = True
 
 #: Host counts to measure, in this order (repeat some to see the noise: 1,2,3,3,2,1).
 HOSTS = [int(n) for n in os.environ.get("RELAY_SCALE_HOSTS", "1,2,3").split(",") if n]
