@@ -1,6 +1,7 @@
 """A throwaway PgBouncer in transaction mode, in front of a PostgreSQL server, for tests.
 
-Started in a temp dir on a free port (as the ``postgres`` user when run as root:
+Started in a temp dir on a free port (as the ``postgres`` user when run as root, or as
+the owner of the server's Unix socket directory, which only its owner may enter:
 PgBouncer refuses to run as root), with ``auth_type = trust`` and a small pool,
 so that server connections are shared between clients as they are in production;
 always stopped by :meth:`PgBouncer.close` (or the context manager). The program
@@ -79,8 +80,11 @@ class PgBouncer:
         lines += [f"{key} = {value}" for key, value in conf.items()]
         self._as_root = os.geteuid() == 0
         if self._as_root:  # pgbouncer refuses root: it switches to this user itself
-            lines.append("user = postgres")
-            pw = pwd.getpwnam("postgres")
+            # The embedded server listens on a socket directory of its own user's.
+            pw = pwd.getpwuid(os.stat(host).st_uid) if os.path.isdir(host) else None
+            if pw is None or pw.pw_uid == 0:
+                pw = pwd.getpwnam("postgres")
+            lines.append(f"user = {pw.pw_name}")
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
             os.chown(self.root / "users.txt", pw.pw_uid, pw.pw_gid)
         (self.root / "pgbouncer.ini").write_text("\n".join(lines) + "\n")
