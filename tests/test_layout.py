@@ -99,6 +99,7 @@ LEAVES = {
     "django_relay.context",
     "django_relay.pg",
     "django_relay.logs",
+    "django_relay.stats",
 }
 
 
@@ -122,6 +123,15 @@ def test_engine_and_listener_never_import_the_admin():
         if name.startswith(("django_relay.engine", "django_relay.listener")):
             admin = {i for i in imported if i.startswith("django_relay.admin")}
             assert not admin, f"{name} imports {sorted(admin)}"
+
+
+def test_the_listener_never_imports_the_engine():
+    # The engine runs on top of the listener (its wake-ups), never the other way round.
+    graph = _graph()
+    for name, imported in graph.items():
+        if name.startswith("django_relay.listener"):
+            engine = {i for i in imported if i.startswith("django_relay.engine")}
+            assert not engine, f"{name} imports {sorted(engine)}"
 
 
 def test_state_changing_sql_lives_in_queries():

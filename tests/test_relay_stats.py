@@ -1,4 +1,4 @@
-"""The runner's counters (``django_relay.engine.stats``), logged at shutdown for the scale test."""
+"""The runner's counters (``django_relay.stats``), logged at shutdown for the scale test."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from django_relay.engine import stats
+from django_relay import stats
 from tests.conftest import wait_for
 from tests.workers import EchoWorker
 

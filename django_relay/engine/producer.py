@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 from django.db.models.base import ModelState
 
-from django_relay import codec, queries, signals
+from django_relay import codec, queries, signals, stats
 from django_relay.conf import settings
-from django_relay.engine import executor, stats
+from django_relay.engine import executor
 from django_relay.engine.acker import Acker
 from django_relay.engine.threads import JobThreads
 from django_relay.exceptions import DecodeError

@@ -9,9 +9,9 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 
-from django_relay import periodic, queries, signals
+from django_relay import periodic, queries, signals, stats
 from django_relay.conf import settings
-from django_relay.engine import executor, stats, turns
+from django_relay.engine import executor, turns
 from django_relay.engine.acker import Acker
 from django_relay.engine.control import QueueControl
 from django_relay.engine.heartbeat import Heartbeat, watch_loop

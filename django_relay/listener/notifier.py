@@ -18,9 +18,8 @@ from collections.abc import Callable
 
 import psycopg
 
-from django_relay import pg, queries
+from django_relay import pg, queries, stats
 from django_relay.conf import settings
-from django_relay.engine import stats
 from django_relay.listener import probe
 from django_relay.listener.loop import LoopHost
 from django_relay.queries import (

@@ -4,7 +4,7 @@ Run as ``python -m tests.scale.caller`` with ``DJANGO_SETTINGS_MODULE`` and
 ``DATABASE_URL`` set (through PgBouncer) and ``RELAY_TEST_SETTINGS`` (its
 ``LISTEN_DSN`` direct). It reads one JSON command per line on stdin and answers each
 with one JSON line ``{"id": ..., ...}`` on stdout, carrying this process's counters
-(``django_relay.engine.stats``: the notifications its listener received, and the
+(``django_relay.stats``: the notifications its listener received, and the
 jobs the ``relay_finished`` ones named). Commands run concurrently, so the test can
 act while a relay waits:
 
@@ -58,7 +58,7 @@ def count_finished_jobs() -> None:
 
 
 def reply(command: dict[str, Any], **fields: Any) -> None:
-    from django_relay.engine import stats
+    from django_relay import stats
 
     # The names every version of the stats module has (the runners log the same three).
     counters = {
