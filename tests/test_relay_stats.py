@@ -20,6 +20,16 @@ def test_count_claim_counts_empty_ones_apart():
     assert json.loads(stats.line().removeprefix("relay stats: "))["claims"] == stats.claims
 
 
+def test_the_backup_polls_claims_are_counted_apart_too():
+    before = stats.snapshot()
+    stats.count_claim(0, poll=True)
+    stats.count_claim(2, poll=True)
+    stats.count_claim(0)
+    after = stats.snapshot()
+    changed = {key: after[key] - before[key] for key in after if key != "notifications"}  # type: ignore[operator]
+    assert changed == {"claims": 3, "empty_claims": 2, "poll_claims": 2, "empty_poll_claims": 1}
+
+
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
 def test_a_runner_logs_its_claims_and_notifications_at_shutdown(start_runner):
@@ -32,3 +42,5 @@ def test_a_runner_logs_its_claims_and_notifications_at_shutdown(start_runner):
     # The enqueue's NOTIFY woke a claim that took the job.
     assert counters["notifications"]["relay_available"] >= 1
     assert counters["claims"] > counters["empty_claims"]
+    # A runner that sat idle longer than FETCH_INTERVAL polled its drained queue.
+    assert counters["empty_poll_claims"] <= counters["poll_claims"] <= counters["claims"]

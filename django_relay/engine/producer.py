@@ -80,6 +80,9 @@ class Producer:
         self._claim_all = True
         self._budget = 0
         self._hops = 0
+        # The next claim is the backup poll's (FETCH_INTERVAL passed with no wake-up):
+        # counted apart, since a poll of a drained queue comes back empty by design.
+        self._polled = False
         # Run-time settings from the queue's row (see engine.control): a paused
         # producer claims nothing; with limits it claims through the limited claim.
         self.paused = False
@@ -112,9 +115,14 @@ class Producer:
             # claiming never outruns writing outcomes (backpressure on a slow acker).
             backlog = max(len(self._acker.unsettled) - self.limit, 0)
             free = self.limit - len(self.running) - backlog
-            budget, hops, claim_all = self._budget, self._hops, self._claim_all
+            budget, hops, claim_all, polled = (
+                self._budget,
+                self._hops,
+                self._claim_all,
+                self._polled,
+            )
             want = free if claim_all else min(free, budget)
-            self._claim_all, self._budget = False, 0
+            self._claim_all, self._budget, self._polled = False, 0, False
             if self.paused:
                 self._saturated = False  # running jobs finish; resuming wakes us
                 self._hand_on(budget, hops)
@@ -123,7 +131,7 @@ class Producer:
                 self._hand_on(budget, hops)
             elif want > 0:
                 rows = await self._claim(self.queue, want, self.limits)
-                stats.count_claim(len(rows))
+                stats.count_claim(len(rows), poll=polled)
                 for row in rows:
                     self._start(row)
                 # Every free slot filled, and more may be waiting: all we could see, or
@@ -143,7 +151,7 @@ class Producer:
             try:
                 await asyncio.wait_for(self._wake.wait(), settings.FETCH_INTERVAL)
             except TimeoutError:
-                self._claim_all = True  # the backup poll
+                self._claim_all = self._polled = True  # the backup poll
 
     def _hand_on(self, count: int, hops: int) -> bool:
         return count > 0 and self._pass_on(self.queue, count, hops)
