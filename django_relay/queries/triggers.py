@@ -44,8 +44,16 @@ FROM (
     SELECT c.id, count(*) FILTER (WHERE NOT f.fails) AS done, bool_or(f.fails) AS fails,
            coalesce(min(n.id) FILTER (WHERE f.fails), min(n.id)) AS cause
     FROM new_rows AS n
-    JOIN django_relay_job AS c ON c.workflow_id = n.workflow_id
-     AND c.step = ANY(ARRAY(SELECT jsonb_array_elements_text(n.dependents)))
+    -- One index lookup per named step (relay_job_workflow_step, unique): LIMIT 1
+    -- keeps each a lookup whatever the table's statistics say (analysed while
+    -- small, the planner scanned the whole workflow once per step: O(n^2) for a
+    -- fan-out of n; so do the lookups of deps and of held steps below).
+    CROSS JOIN LATERAL (SELECT DISTINCT jsonb_array_elements_text(n.dependents)) AS dep(name)
+    CROSS JOIN LATERAL (
+        SELECT c.id, c.ignore_cancelled, c.ignore_discarded FROM django_relay_job AS c
+        WHERE c.workflow_id = n.workflow_id AND c.step = dep.name AND c.state = 'suspended'
+        LIMIT 1
+    ) AS c
     CROSS JOIN LATERAL (
         SELECT n.state = 'cancelled' AND NOT c.ignore_cancelled
                OR n.state = 'discarded' AND NOT c.ignore_discarded AS fails
@@ -53,7 +61,6 @@ FROM (
     WHERE n.workflow_id IS NOT NULL AND n.dependents <> '[]'
       AND n.state IN ('completed', 'discarded', 'cancelled')
       AND NOT EXISTS (SELECT 1 FROM old_rows AS o WHERE o.id = n.id AND o.state = n.state)
-      AND c.state = 'suspended'
     GROUP BY c.id
 ) AS h
 $sql$ INTO held, done, fails, causes;
@@ -74,7 +81,11 @@ FROM (
     SELECT c.id, h.done, h.cause, g.recount, a.pending, a.reason,
            CASE WHEN g.recount THEN a.next_state ELSE 'suspended' END AS next_state
     FROM unnest($1::bigint[], $2::int[], $3::boolean[], $4::bigint[]) AS h(id, done, fails, cause)
-    JOIN django_relay_job AS c ON c.id = h.id
+    CROSS JOIN LATERAL (
+        SELECT c.id, c.workflow_id, c.deps, c.deps_pending, c.ignore_cancelled,
+               c.ignore_discarded
+        FROM django_relay_job AS c WHERE c.id = h.id AND c.state = 'suspended' LIMIT 1
+    ) AS c
     CROSS JOIN LATERAL (
         SELECT h.fails OR c.deps_pending IS NULL OR c.deps_pending <= h.done AS recount
     ) AS g
@@ -94,11 +105,13 @@ FROM (
                               OR p.state = 'discarded' AND c.ignore_discarded)) AS pending,
                'dependency ' || string_agg(p.step || ' was ' || p.state, ', ' ORDER BY p.step)
                    FILTER (WHERE p.state IN ('cancelled', 'discarded')) AS reason
-        FROM django_relay_job AS p
-        WHERE p.workflow_id = c.workflow_id
-          AND p.step = ANY(ARRAY(SELECT jsonb_array_elements_text(c.deps))) AND g.recount
+        FROM (SELECT DISTINCT jsonb_array_elements_text(c.deps)) AS dep(name)
+        CROSS JOIN LATERAL (
+            SELECT p.step, p.state FROM django_relay_job AS p
+            WHERE p.workflow_id = c.workflow_id AND p.step = dep.name LIMIT 1
+        ) AS p
+        WHERE g.recount
     ) AS a
-    WHERE c.state = 'suspended'
 ) AS s
 WHERE d.id = s.id AND d.state = 'suspended'
 $sql$ USING held, done, fails, causes;
@@ -132,16 +145,27 @@ SIGNAL_WAKE = (
 #: The sequence that numbers ``relay_available`` notifications: runners take turns by it.
 AVAILABLE_SEQUENCE = "django_relay_available_seq"
 
+
+# A query joining new_rows to old_rows runs through EXECUTE, so it is planned for
+# this statement's rows: PL/pgSQL caches a plan per session, made for the row count
+# of the statement that first ran it (a handful, after a claim or an ack), and that
+# plan's nested loop makes a statement changing n rows cost O(n^2) (a fan-out's
+# 1,000 steps made available at once: 1 s). Planning costs about 0.1 ms.
+def _execute(query: str) -> str:
+    return f"EXECUTE $q$ SELECT {query} $q$;"
+
+
 # Payload: "<count>:<seq>:<hops>:<queue>" (the queue last: it may hold colons).
-_AVAILABLE_NOTIFY = """
-PERFORM pg_notify('{channel}',
+_AVAILABLE_NOTIFY = """pg_notify('{channel}',
                   a.n || ':' || nextval('{sequence}') || ':0:' || a.queue)
 FROM (SELECT n.queue, count(*) AS n FROM new_rows AS n {join}
-      WHERE n.state = 'available' {changed} GROUP BY n.queue) AS a;
-RETURN NULL;
-"""
-AVAILABLE_INSERTED = _AVAILABLE_NOTIFY.format(
-    channel=AVAILABLE_CHANNEL, sequence=AVAILABLE_SEQUENCE, join="", changed=""
+      WHERE n.state = 'available' {changed} GROUP BY n.queue) AS a"""
+AVAILABLE_INSERTED = (
+    "PERFORM "
+    + _AVAILABLE_NOTIFY.format(
+        channel=AVAILABLE_CHANNEL, sequence=AVAILABLE_SEQUENCE, join="", changed=""
+    )
+    + "; RETURN NULL;"
 )
 # Cheap when nothing became available (a claim, an ack): one scan of new_rows. A
 # waiter subscribing to an available job (queries.SUBSCRIBE) announces it again: a
@@ -149,12 +173,15 @@ AVAILABLE_INSERTED = _AVAILABLE_NOTIFY.format(
 # otherwise leave it to the backup poll.
 AVAILABLE_UPDATED = (
     "IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state = 'available') THEN RETURN NULL; END IF;"
-    + _AVAILABLE_NOTIFY.format(
-        channel=AVAILABLE_CHANNEL,
-        sequence=AVAILABLE_SEQUENCE,
-        join="JOIN old_rows AS o ON o.id = n.id",
-        changed="AND (o.state <> 'available' OR o.waiters IS DISTINCT FROM n.waiters)",
+    + _execute(
+        _AVAILABLE_NOTIFY.format(
+            channel=AVAILABLE_CHANNEL,
+            sequence=AVAILABLE_SEQUENCE,
+            join="JOIN old_rows AS o ON o.id = n.id",
+            changed="AND (o.state <> 'available' OR o.waiters IS DISTINCT FROM n.waiters)",
+        )
     )
+    + " RETURN NULL;"
 )
 
 #: Finished jobs per ``relay_finished_*`` payload: 100 entries stay under 5,000 bytes.
@@ -168,7 +195,8 @@ FINISHED_PER_NOTIFY = 100
 # the statement.
 FINISHED = f"""
 IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state <> 'executing') THEN RETURN NULL; END IF;
-PERFORM pg_notify(f.channel, f.payload)
+EXECUTE $q$
+SELECT pg_notify(f.channel, f.payload)
 FROM (SELECT c.channel,
              json_agg(json_build_array(c.id, c.state, c.attempt) ORDER BY c.id)::text AS payload
       FROM (SELECT w.channel, n.id, n.state, n.attempt,
@@ -181,6 +209,7 @@ FROM (SELECT c.channel,
               AND (o.state = 'executing' OR n.state IN ('completed', 'discarded', 'cancelled'))
               AND octet_length(w.channel) BETWEEN 1 AND 63
            ) AS c
-      GROUP BY c.channel, c.chunk) AS f;
+      GROUP BY c.channel, c.chunk) AS f
+$q$;
 RETURN NULL;
 """
