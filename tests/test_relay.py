@@ -404,6 +404,10 @@ async def test_a_result_sent_while_the_listener_is_down_arrives_after_reconnecti
     await await_for(lambda: _registry().waiters, message="the relay to wait")
     [job_id] = _registry().waiters
     epoch, pid = notifier.epoch, notifier._conn.info.backend_pid
+    # This test's own connection must be open before new ones are refused: it
+    # terminates the listener and reads the job meanwhile. (Opened by an earlier
+    # test of the same process or not, depending on the order: alone, it failed.)
+    await sql("SELECT 1")
     # Keep the listener from reconnecting while the job finishes: its NOTIFY is lost.
     await allow_connections(False)
     try:
