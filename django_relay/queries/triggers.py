@@ -151,8 +151,13 @@ AVAILABLE_SEQUENCE = "django_relay_available_seq"
 # of the statement that first ran it (a handful, after a claim or an ack), and that
 # plan's nested loop makes a statement changing n rows cost O(n^2) (a fan-out's
 # 1,000 steps made available at once: 1 s). Planning costs about 0.1 ms.
-def _execute(query: str) -> str:
-    return f"EXECUTE $q$ SELECT {query} $q$;"
+# ``where`` first: a statement with no such row (most claims and acks) returns after
+# one scan of new_rows, unplanned.
+def _notify_if_any(where: str, query: str) -> str:
+    return (
+        f"IF NOT EXISTS (SELECT 1 FROM new_rows WHERE {where}) THEN RETURN NULL; END IF;"
+        f" EXECUTE $q$ SELECT {query} $q$; RETURN NULL;"
+    )
 
 
 # Payload: "<count>:<seq>:<hops>:<queue>" (the queue last: it may hold colons).
@@ -167,21 +172,17 @@ AVAILABLE_INSERTED = (
     )
     + "; RETURN NULL;"
 )
-# Cheap when nothing became available (a claim, an ack): one scan of new_rows. A
-# waiter subscribing to an available job (queries.SUBSCRIBE) announces it again: a
+# A waiter subscribing to an available job (queries.SUBSCRIBE) announces it again: a
 # claim running meanwhile skipped the row it had locked (SKIP LOCKED), and would
 # otherwise leave it to the backup poll.
-AVAILABLE_UPDATED = (
-    "IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state = 'available') THEN RETURN NULL; END IF;"
-    + _execute(
-        _AVAILABLE_NOTIFY.format(
-            channel=AVAILABLE_CHANNEL,
-            sequence=AVAILABLE_SEQUENCE,
-            join="JOIN old_rows AS o ON o.id = n.id",
-            changed="AND (o.state <> 'available' OR o.waiters IS DISTINCT FROM n.waiters)",
-        )
-    )
-    + " RETURN NULL;"
+AVAILABLE_UPDATED = _notify_if_any(
+    "state = 'available'",
+    _AVAILABLE_NOTIFY.format(
+        channel=AVAILABLE_CHANNEL,
+        sequence=AVAILABLE_SEQUENCE,
+        join="JOIN old_rows AS o ON o.id = n.id",
+        changed="AND (o.state <> 'available' OR o.waiters IS DISTINCT FROM n.waiters)",
+    ),
 )
 
 #: Finished jobs per ``relay_finished_*`` payload: 100 entries stay under 5,000 bytes.
@@ -193,10 +194,7 @@ FINISHED_PER_NOTIFY = 100
 # a row is never 'executing' now: a claim returns after one scan of new_rows. A
 # channel name NOTIFY would refuse (empty, over 63 bytes) is skipped: it would abort
 # the statement.
-FINISHED = f"""
-IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state <> 'executing') THEN RETURN NULL; END IF;
-EXECUTE $q$
-SELECT pg_notify(f.channel, f.payload)
+_FINISHED_NOTIFY = f"""pg_notify(f.channel, f.payload)
 FROM (SELECT c.channel,
              json_agg(json_build_array(c.id, c.state, c.attempt) ORDER BY c.id)::text AS payload
       FROM (SELECT w.channel, n.id, n.state, n.attempt,
@@ -209,7 +207,5 @@ FROM (SELECT c.channel,
               AND (o.state = 'executing' OR n.state IN ('completed', 'discarded', 'cancelled'))
               AND octet_length(w.channel) BETWEEN 1 AND 63
            ) AS c
-      GROUP BY c.channel, c.chunk) AS f
-$q$;
-RETURN NULL;
-"""
+      GROUP BY c.channel, c.chunk) AS f"""
+FINISHED = _notify_if_any("state <> 'executing'", _FINISHED_NOTIFY)
