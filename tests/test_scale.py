@@ -26,6 +26,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.scale import harness
+from tests.scale.workers import WORK_SECONDS
 from tests.workers import read_records
 
 pytestmark = pytest.mark.scale
@@ -41,6 +42,13 @@ CALLERS = 2
 RELAYS = 300  # in all, split between the callers, all at once
 JOBS = int(os.environ.get("RELAY_SCALE_JOBS", "1000"))  # nobody waits on them
 NOOP = "tests.scale.workers.NoopWorker"
+#: Jobs that wait 20 ms each (tests.scale.workers.WORK_SECONDS): with no-op jobs every
+#: "host" competes for the same two cores, so adding hosts cannot add capacity; with
+#: jobs that wait (as real ones do on an API), a host's slots bound its jobs/s and
+#: PostgreSQL keeps CPU to spare, which is where scaling out must pay.
+WORK = "tests.scale.workers.WorkWorker"
+WORK_RELAYS = 600
+WORK_JOBS = 3000
 HELD = "tests.scale.workers.HeldWorker"
 HELD_JOBS = 8
 #: 20 relays one after another: their median is a relay's round trip.
@@ -84,6 +92,7 @@ def measure(cluster: harness.Cluster, callers: list[harness.Caller], hosts: int)
         elapsed = time.monotonic() - began
         cpu, bouncer_cpu = cluster.server_cpu() - cpu, cluster.bouncer_cpu() - bouncer_cpu
         busy, total = (now - then for now, then in zip(_machine_cpu(), machine, strict=True))
+        work = measure_work(cluster, callers)
     finally:
         runner_stats = cluster.stop_runners(runners)
     complaints = cluster.complaints([*runners, *callers])
@@ -127,6 +136,33 @@ def measure(cluster: harness.Cluster, callers: list[harness.Caller], hosts: int)
         "pg_cpu": cpu / elapsed,
         "bouncer_cpu": bouncer_cpu / elapsed,
         # All of the machine's CPUs (every "host" shares them): busy share.
+        "machine_cpu": busy / total if total else 0.0,
+        "work": work,
+    }
+
+
+def measure_work(cluster: harness.Cluster, callers: list[harness.Caller]) -> dict:
+    """Relays/s and jobs/s of :data:`WORK` jobs, with PostgreSQL's and the machine's CPU."""
+    cpu, began, machine = cluster.server_cpu(), time.monotonic(), _machine_cpu()
+    sent = [
+        caller.send("relay", count=WORK_RELAYS // CALLERS, concurrency=WORK_RELAYS, worker=WORK)
+        for caller in callers
+    ]
+    relays = [
+        caller.reply(command_id)["relay"] for caller, command_id in zip(callers, sent, strict=True)
+    ]
+    jobs = callers[0].call("jobs", count=WORK_JOBS, worker=WORK)["jobs"]
+    elapsed = time.monotonic() - began
+    busy, total = (now - then for now, then in zip(_machine_cpu(), machine, strict=True))
+    return {
+        "relays_ok": sum(r["ok"] for r in relays),
+        "relays": sum(r["ok"] + r["failed"] for r in relays),
+        "relay_errors": [r["errors"] for r in relays if r["errors"]],
+        "relays_per_s": sum(r["ok"] + r["failed"] for r in relays)
+        / max(r["seconds"] for r in relays),
+        "jobs": jobs,
+        "jobs_per_s": jobs["count"] / jobs["seconds"],
+        "pg_cpu": (cluster.server_cpu() - cpu) / elapsed,
         "machine_cpu": busy / total if total else 0.0,
     }
 
@@ -213,6 +249,13 @@ def best(rows: list[dict], hosts: int) -> dict:
     return {**mine[-1], **{key: max(row[key] for row in mine) for key in figures}}
 
 
+def best_work(rows: list[dict], hosts: int) -> dict:
+    """:func:`best` of the rows' :data:`WORK` figures."""
+    mine = [row["work"] for row in rows if row["hosts"] == hosts]
+    figures = ("relays_per_s", "jobs_per_s")
+    return {**mine[-1], **{key: max(work[key] for work in mine) for key in figures}}
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} ms"
 
@@ -244,7 +287,26 @@ def report(rows: list[dict]) -> str:
             f"{row['available_per_job_per_runner']:>16.2f} "
             f"{row['pg_cpu']:>7.0%} {row['bouncer_cpu']:>11.0%} {row['machine_cpu']:>11.0%}"
         )
+    lines.append(
+        f"the same hosts, jobs that wait {WORK_SECONDS * 1000:.0f} ms ({WORK_RELAYS} relays "
+        f"at once, then {WORK_JOBS} jobs nobody waits on):"
+    )
+    lines.append(
+        f"{'hosts':>5} {'relays ok':>10} {'relays/s':>9} {'jobs/s':>8} {'PG CPU':>7} "
+        f"{'machine CPU':>11}"
+    )
     for row in rows:
+        work = row["work"]
+        lines.append(
+            f"{row['hosts']:>5} {work['relays_ok']:>4}/{work['relays']:<5} "
+            f"{work['relays_per_s']:>9.0f} {work['jobs_per_s']:>8.0f} {work['pg_cpu']:>7.0%} "
+            f"{work['machine_cpu']:>11.0%}"
+        )
+    for row in rows:
+        if row["work"]["relay_errors"]:
+            lines.append(f"  {row['hosts']} hosts, relay errors: {row['work']['relay_errors']}")
+        if row["work"]["jobs"]["states"] != {"completed": WORK_JOBS}:
+            lines.append(f"  {row['hosts']} hosts, jobs' states: {row['work']['jobs']['states']}")
         if row["relay_errors"]:
             lines.append(f"  {row['hosts']} hosts, relay errors: {row['relay_errors']}")
         if row["latency_errors"]:
@@ -259,15 +321,27 @@ def report(rows: list[dict]) -> str:
     if {1, 3} <= {row["hosts"] for row in rows}:
         # A host count measured more than once (RELAY_SCALE_HOSTS=1,2,3,3,2,1): its best.
         one, three = (best(rows, hosts) for hosts in (1, 3))
+        one_work, three_work = (best_work(rows, hosts) for hosts in (1, 3))
         lines.append(
             f"  [{mark(three['relays_per_s'] >= one['relays_per_s'])}] relays/s with 3 hosts "
-            f">= with 1: {three['relays_per_s']:.0f} vs {one['relays_per_s']:.0f}"
+            f">= with 1, no-op jobs: {three['relays_per_s']:.0f} vs {one['relays_per_s']:.0f}"
         )
-        ratio = three["jobs_per_s"] / one["jobs_per_s"]
         lines.append(
-            f"  [{mark(ratio >= 1.5)}] jobs/s with 3 hosts >= 1.5x 1 host: {ratio:.2f}x "
-            f"(PostgreSQL CPU {three['pg_cpu']:.0%} of one core, the machine's "
-            f"{os.cpu_count()} CPUs {three['machine_cpu']:.0%} busy, with 3 hosts)"
+            f"  [{mark(three_work['relays_per_s'] >= one_work['relays_per_s'])}] relays/s "
+            f"with 3 hosts >= with 1, jobs that wait: {three_work['relays_per_s']:.0f} vs "
+            f"{one_work['relays_per_s']:.0f}"
+        )
+        ratio = three_work["jobs_per_s"] / one_work["jobs_per_s"]
+        lines.append(
+            f"  [{mark(ratio >= 1.5)}] jobs/s with 3 hosts >= 1.5x 1 host, jobs that wait: "
+            f"{ratio:.2f}x (PostgreSQL CPU {three_work['pg_cpu']:.0%} of one core, the "
+            f"machine's {os.cpu_count()} CPUs {three_work['machine_cpu']:.0%} busy, with 3 hosts)"
+        )
+        lines.append(
+            f"  [info] jobs/s with 3 hosts / 1 host, no-op jobs: "
+            f"{three['jobs_per_s'] / one['jobs_per_s']:.2f}x (the machine's CPUs "
+            f"{three['machine_cpu']:.0%} busy with 3 hosts: the hosts share them, so no-op "
+            f"jobs cannot scale here)"
         )
     worst = max(rows, key=lambda r: r["woken_empty_ratio"])
     every = max(rows, key=lambda r: r["empty_ratio"])
@@ -312,6 +386,9 @@ def test_scale_out_behind_pgbouncer(tmp_path: Path) -> None:
         assert row["latency_errors"] == {}, row["latency_errors"]
         assert row["jobs"]["states"] == {"completed": JOBS}, row["jobs"]
         assert row["runner_stats_missing"] == 0, "a runner logged no 'relay stats' line"
+        assert row["work"]["relay_errors"] == [], f"{row['hosts']} hosts: {row['work']}"
+        assert row["work"]["relays_ok"] == WORK_RELAYS, row["work"]
+        assert row["work"]["jobs"]["states"] == {"completed": WORK_JOBS}, row["work"]["jobs"]
     if ASSERT_DELIVERIES:
         for row in rows:
             assert row["deliveries_per_relay"] <= 1.0, row

@@ -32,3 +32,18 @@ class HeldWorker:
             await asyncio.sleep(0.05)
         record(job.args["ledger"], job=job.id, pid=pid, attempt=job.attempt)
         return {"value": job.args.get("value"), "pid": pid, "job": job.id}
+
+
+#: What a :class:`WorkWorker` job waits, in seconds.
+WORK_SECONDS = 0.02
+
+
+@worker(queue="default")
+class WorkWorker:
+    """Waits :data:`WORK_SECONDS` without using the CPU (as a job calling an API does),
+    then returns its ``value``: a host serves at most its slots / that many jobs a second,
+    so adding hosts adds capacity even when every "host" shares one machine's cores."""
+
+    async def process(self, job: Any) -> Any:
+        await asyncio.sleep(WORK_SECONDS)
+        return {"value": job.args.get("value")}
