@@ -16,7 +16,7 @@ from example_app.workers import CalculatorWorker, FlakyWorker
 
 from django_relay import enqueue_many
 from django_relay.models import Job
-from tests.conftest import REPO_ROOT, wait_for
+from tests.conftest import REPO_ROOT, STARTUP_TIMEOUT, RunnerProcess, subprocess_env, wait_for
 from tests.workers import (
     CancelWorker,
     EchoWorker,
@@ -258,6 +258,21 @@ def test_idle_sigterm_exits_cleanly_without_waiting_for_anything(start_runner):
     runner.stop()
     assert "stopping: waiting" not in runner.output
     assert "gave back" not in runner.output
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_runner_still_waiting_for_its_database_stops_on_a_signal(transactional_db, signum):
+    # Its first heartbeat cannot be written (no such database): it retries, and a
+    # signal (systemd's stop, Ctrl-C) must end it, not leave it retrying forever.
+    env = {**subprocess_env(), "RELAY_TEST_DB_NAME": "relay_no_such_database"}
+    runner = RunnerProcess(["--queues", "default=2"], env)
+    try:
+        runner.wait_for_line("heartbeat connection failed")
+        runner.signal(signum)
+        assert runner.proc.wait(STARTUP_TIMEOUT) == 0, runner.output
+    finally:
+        runner.stop()
+    assert "stopped before it was ready" in runner.output
 
 
 def test_kill_9_mid_job_is_rescued_and_completes_on_another_runner(start_runner, gate, tmp_path):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from django_relay import periodic, queries, signals, stats
 from django_relay.conf import settings
@@ -178,8 +180,15 @@ class Runner:
         unlisten = notifier.listen(queries.AVAILABLE_CHANNEL, on_available)
         unlisten_queues = notifier.listen(queries.QUEUE_CHANNEL, on_queue_changed)
         notifier.on_reconnect(on_reconnect)
-        await self.heartbeat.start()  # our node exists before we own any job
-        await self.control.refresh()  # a paused queue starts nothing, even at start
+        if not await _unless_stopped(self._start(), stopping):
+            # Stopped while its database could not be reached yet: nothing ran.
+            unlisten()
+            unlisten_queues()
+            await self.heartbeat.stop()
+            await self._upkeep.close()
+            self.threads.shutdown()
+            logger.info("relayworker %s stopped before it was ready", self.node)
+            return
         self.acker.start()
         workers = [
             asyncio.create_task(p.run(stopping), name=f"relay-producer-{p.queue}")
@@ -223,6 +232,10 @@ class Runner:
             await asyncio.gather(*flow, return_exceptions=True)
             await self._stop(workers, settings.GRACE_PERIOD if grace is None else grace)
 
+    async def _start(self) -> None:
+        await self.heartbeat.start()  # our node exists before we own any job
+        await self.control.refresh()  # a paused queue starts nothing, even at start
+
     async def _stop(self, workers: list[asyncio.Task[None]], grace: float) -> None:
         self._wake_all()  # producers see ``stopping`` and return: no more claims
         # The periodic duties end now, as before any job is waited for.
@@ -253,6 +266,23 @@ class Runner:
         self.threads.shutdown()
         logger.info("relayworker %s stopped", self.node)
         logger.info("%s", stats.line())
+
+
+async def _unless_stopped(step: Coroutine[Any, Any, None], stopping: asyncio.Event) -> bool:
+    """Run ``step`` to its end, unless ``stopping`` is set first (``step`` is then
+    cancelled): whether it ended. Its connections retry until the database answers,
+    which a signal must be able to interrupt."""
+    task = asyncio.ensure_future(step)
+    stop = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    stop.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+    task.result()  # its exception, if it raised one
+    return True
 
 
 class Reconciler(Periodic):
