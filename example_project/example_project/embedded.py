@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import warnings
 from pathlib import Path
 from urllib.parse import quote
@@ -92,7 +94,28 @@ def start(pgdata: Path) -> Path:
     for pid in server.global_process_id_list.get_and_add(os.getpid()):
         if not psutil.pid_exists(pid):
             server.global_process_id_list.get_and_remove(pid)
+    _exit_cleanly_on_sigterm()
     socket_dir = server.get_postmaster_info().socket_dir
     if socket_dir is None:  # pragma: no cover - the package always uses a socket on POSIX
         raise EmbeddedDatabaseError(f"The embedded PostgreSQL in {pgdata} has no socket.")
     return socket_dir
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM end this process through its exit handlers, which stop the server.
+
+    By default SIGTERM ends a process at once, skipping them, and the server would
+    outlive it. Only where nothing else handles SIGTERM yet, and from the main thread
+    (the only one that may set a handler); ``relayworker`` installs its own later, and
+    it exits normally. Raised as ``KeyboardInterrupt``, what Ctrl-C raises: pytest and
+    the demo stop on it the way they stop on Ctrl-C, tearing down what they started.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
