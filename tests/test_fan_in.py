@@ -94,6 +94,32 @@ def test_an_ignored_failure_counts_as_done():
     assert row(workflow, "sink").state == "available"
 
 
+def test_a_step_whose_deps_all_finish_in_one_statement_runs_at_once():
+    # Decided without reading its deps again: every one finished here, none failing
+    # for it (an ignored failure counts). A repeated dep takes the recount, as before.
+    ignoring = fan_in(3, ignore_discarded=True)
+    ids = [ignoring.steps[f"p{i}"].job.pk for i in range(3)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE django_relay_job SET finished_at = now(),"
+            " state = CASE WHEN id = %s THEN 'discarded' ELSE 'completed' END"
+            " WHERE id = ANY(%s)",
+            [ids[0], ids],
+        )
+    sink = row(ignoring, "sink")
+    assert (sink.state, sink.deps_pending) == ("available", 0)
+
+    repeated = (
+        Workflow()
+        .add("a", StepWorker.new({}))
+        .add("b", StepWorker.new({}))
+        .add("c", StepWorker.new({}), deps=["a", "b", "a"])
+    )
+    repeated.enqueue()
+    finish(repeated, ["a", "b"])
+    assert (row(repeated, "c").state, row(repeated, "c").deps_pending) == ("available", 0)
+
+
 def test_a_step_retried_while_its_dep_failed_is_cancelled_at_the_next_finish_as_before():
     # Held by a retry while dep p0 has failed: its count is unknown, so the next
     # dep to finish looks at every dep, finds p0's failure and cancels it.

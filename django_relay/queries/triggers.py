@@ -77,8 +77,11 @@ IF held IS NOT NULL THEN
     -- Decide for each held step: its next state, its count, why it is cancelled.
     EXECUTE $sql$
     SELECT array_agg(c.id), jsonb_object_agg(c.id, jsonb_build_object(
-               'state', CASE WHEN g.recount THEN a.next_state ELSE 'suspended' END,
-               'pending', CASE WHEN g.recount THEN a.pending ELSE c.deps_pending - h.done END,
+               'state', CASE WHEN g.all_done THEN 'available'
+                             WHEN g.recount THEN a.next_state ELSE 'suspended' END,
+               'pending', CASE WHEN g.all_done THEN 0
+                               WHEN g.recount THEN a.pending
+                               ELSE c.deps_pending - h.done END,
                'reason', a.reason, 'cause', h.cause))
     FROM unnest($1::bigint[], $2::int[], $3::boolean[], $4::bigint[]) AS h(id, done, fails, cause)
     CROSS JOIN LATERAL (
@@ -86,8 +89,16 @@ IF held IS NOT NULL THEN
                c.ignore_discarded
         FROM django_relay_job AS c WHERE c.id = h.id AND c.state = 'suspended' LIMIT 1
     ) AS c
+    -- Every dep finished here, none failing for it (a repeated dep makes the
+    -- array longer: such a step is recounted): it runs, with no dep to read.
     CROSS JOIN LATERAL (
-        SELECT h.fails OR c.deps_pending IS NULL OR c.deps_pending <= h.done AS recount
+        SELECT coalesce(NOT h.fails AND jsonb_array_length(c.deps) <= h.done, false)
+            AS all_done
+    ) AS e
+    CROSS JOIN LATERAL (
+        SELECT e.all_done,
+               NOT e.all_done AND (h.fails OR c.deps_pending IS NULL
+                                   OR c.deps_pending <= h.done) AS recount
     ) AS g
     CROSS JOIN LATERAL (
         -- Gated on g.recount (a one-time filter): a count-down reads no dep.
