@@ -77,7 +77,10 @@ def _settled(future: asyncio.Future[Outcome]) -> Outcome | None:
 def _forget(registry: Registry, waiters: list[Waiter]) -> None:
     for waiter in waiters:
         waiter.active = False
-        registry.notifier.call_soon(registry.remove, waiter)
+        # A waiter told its outcome was removed by the registry as it told it: only
+        # one that gave up (timeout, cancelled) costs a call on the listener's loop.
+        if not (waiter.future.done() and not waiter.future.cancelled()):
+            registry.notifier.call_soon(registry.remove, waiter)
 
 
 def ensure_not_in_transaction(action: str) -> None:
