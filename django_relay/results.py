@@ -77,7 +77,10 @@ def _settled(future: asyncio.Future[Outcome]) -> Outcome | None:
 def _forget(registry: Registry, waiters: list[Waiter]) -> None:
     for waiter in waiters:
         waiter.active = False
-        registry.notifier.call_soon(registry.remove, waiter)
+        # A waiter told its outcome was removed by the registry as it told it: only
+        # one that gave up (timeout, cancelled) costs a call on the listener's loop.
+        if not (waiter.future.done() and not waiter.future.cancelled()):
+            registry.notifier.call_soon(registry.remove, waiter)
 
 
 def ensure_not_in_transaction(action: str) -> None:
@@ -256,7 +259,8 @@ async def _relay_job(
     called = asyncio.get_running_loop().time()
     deadline = called + timeout
     await _refuse_open_transaction("relay()")
-    with tracing.producing([job]):  # writes the job's trace context into its meta
+    # Writes the job's trace context into its meta (untraced, no generator to run).
+    with tracing.producing([job]) if tracing.enabled() else _UNTRACED:
         row = encode(job)
         registry = get_registry()
         await listening(registry, timeout)
@@ -264,7 +268,8 @@ async def _relay_job(
         inserted: asyncio.Future[tuple[Any, ...]] = waiter.loop.create_future()
         registry.notifier.call_soon(registry.inserter.enqueue, row, waiter, inserted)
         try:
-            saved = await asyncio.wait_for(inserted, max(deadline - waiter.loop.time(), 0.0))
+            async with asyncio.timeout_at(deadline):  # wait_for() without its own coroutine
+                saved = await inserted
         except BaseException as exc:
             # Gave up before learning the job's id: nobody could wait for it.
             waiter.active = False

@@ -321,6 +321,29 @@ def test_loads_refuses_bad_json_with_decode_error(text):
         codec.loads(text)
 
 
+@pytest.mark.parametrize("text", ["{} x", "[] []", "1 2", '"a"b', "{}}", "tru"])
+def test_loads_refuses_trailing_data_or_a_partial_value(text):
+    with pytest.raises(DecodeError):
+        codec.loads(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [(" {} ", {}), ('\n{"a": [1, 2.5, null]}\t', {"a": [1, 2.5, None]}), ("7", 7), ('"x"', "x")],
+)
+def test_loads_reads_any_json_text_around_whitespace_or_not(text, value):
+    assert codec.loads(text) == value
+
+
+def test_loads_gives_a_fresh_object_for_empty_containers_each_time():
+    first, second = codec.loads("{}"), codec.loads("{}")
+    first["changed"] = True
+    assert second == {} and codec.loads("{}") == {}
+    items = codec.loads("[]")
+    items.append(1)
+    assert codec.loads("[]") == []
+
+
 def test_loads_of_none_is_none_and_bytes_are_accepted():
     assert codec.loads(None) is None
     assert codec.loads(codec.dumps({"d": Decimal("2.5")}).encode()) == {"d": Decimal("2.5")}

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from django.db import connection, transaction
+from django.db.models.expressions import DatabaseDefault
+from django.db.models.signals import post_init
 from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
 
@@ -204,6 +206,50 @@ def test_new_builds_an_unsaved_job_with_the_worker_defaults():
     assert job.state == JobState.AVAILABLE
     assert job.attempt == 0
     assert job.scheduled_at is None  # the database's now() at insert
+
+
+def _fields(job: Job) -> dict[str, Any]:
+    # A DatabaseDefault (the database's now()) stands for itself by its expression.
+    return {
+        name: repr(value.expression) if isinstance(value, DatabaseDefault) else value
+        for name, value in vars(job).items()
+        if name != "_state"
+    }
+
+
+def test_new_sets_what_the_model_constructor_sets_and_shares_no_mutable_default():
+    job = MailWorker.new({"to": "a@example.com"}, meta={"m": 1})
+    built = Job(
+        worker=job.worker,
+        queue=job.queue,
+        priority=job.priority,
+        max_attempts=job.max_attempts,
+        args={"to": "a@example.com"},
+        meta={"m": 1},
+    )
+    built.scheduled_at = None
+    assert _fields(job) == _fields(built)
+    assert (job._state.adding, job._state.db) == (True, None)
+    other = MailWorker.new()
+    job.errors.append("x")
+    job.deps.append(1)
+    assert (other.errors, other.deps, other.args, other.meta) == ([], [], {}, {})
+    assert other.args is not other.meta
+
+
+def test_new_sends_the_model_init_signals_to_their_receivers():
+    seen = []
+
+    def receiver(sender: type, instance: Job, **kwargs: Any) -> None:
+        seen.append(instance.worker)
+
+    post_init.connect(receiver, sender=Job)
+    try:
+        job = MailWorker.new({"to": "a@example.com"})
+    finally:
+        post_init.disconnect(receiver, sender=Job)
+    assert seen == ["tests.test_worker_api.MailWorker"]
+    assert job.args == {"to": "a@example.com"} and job.queue == "mail.outbound-1"
 
 
 def test_new_without_args_has_empty_args():

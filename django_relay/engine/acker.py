@@ -52,20 +52,23 @@ class Acker:
         self._task = asyncio.create_task(self._run(), name="relay-acker")
 
     def submit(
-        self, ack: queries.Ack, refused: Callable[[str], queries.Ack] | None = None
-    ) -> asyncio.Future[queries.Ack | None]:
+        self,
+        ack: queries.Ack,
+        refused: Callable[[str], queries.Ack] | None = None,
+        written: Callable[[queries.Ack | None], object] | None = None,
+    ) -> None:
         """Queue ``ack``; ``refused(reason)`` gives the ack to write if PostgreSQL refuses it.
 
-        The future gives the ack that was written (``ack`` or its replacement), or
-        None when the attempt was no longer ours (fenced off). It is cancelled when
-        nothing could be written (logged here).
+        Once the batch is written, ``written`` is called with the ack that was
+        written (``ack`` or its replacement), or None when the attempt was no longer
+        ours (fenced off); never when nothing could be written (logged here). It is
+        called by the acker itself, not scheduled (a future and a loop callback per
+        job cost more than the call): one that raises is logged.
         """
-        future: asyncio.Future[queries.Ack | None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Entry(ack, refused, future))
+        self._pending.append(_Entry(ack, refused, written))
         self.unsettled.add(ack.token)
         self._idle.clear()
         self._kick.set()
-        return future
 
     async def _run(self) -> None:
         while True:
@@ -81,12 +84,11 @@ class Acker:
             for entry in batch:
                 token = entry.ack.token
                 self.unsettled.discard(token)
-                if entry.future.done():
-                    continue
-                if token in written:
-                    entry.future.set_result(written[token])
-                else:
-                    entry.future.cancel()
+                if entry.written is not None and token in written:
+                    try:
+                        entry.written(written[token])
+                    except Exception:
+                        logger.exception("job %s: reporting its outcome failed", entry.ack.job_id)
             if self._on_settled is not None:
                 self._on_settled()
             if not self._pending:
@@ -164,7 +166,7 @@ class Acker:
 class _Entry(NamedTuple):
     ack: queries.Ack
     refused: Callable[[str], queries.Ack] | None
-    future: asyncio.Future[queries.Ack | None]
+    written: Callable[[queries.Ack | None], object] | None
 
 
 def _unstorable(ack: queries.Ack, reason: str) -> queries.Ack:

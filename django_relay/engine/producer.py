@@ -169,9 +169,7 @@ class Producer:
             logger.error(
                 "job %s cannot be decoded and is discarded: %s", job_id, executor.storable(why)
             )
-            self._acker.submit(ack).add_done_callback(
-                lambda written: _announce_discarded(written, job_id)
-            )
+            self._acker.submit(ack, written=lambda ours: _announce_discarded(ours, job_id))
             return
         task = asyncio.create_task(self._execute(job), name=f"relay-job-{job_id}")
         self.running[token] = task
@@ -196,20 +194,18 @@ class Producer:
             )
             finished = executor.Finished(None, ack, lambda _: ack)
 
-        # The slot frees now; the outcome is reported once the ack is written.
-        def reported(written: asyncio.Future[queries.Ack | None]) -> None:
-            if written.cancelled():
-                return  # nothing could be written: the acker said so
-            ack = written.result()
+        # The slot frees now; the outcome is reported once the ack is written (not
+        # when nothing could be: the acker said so).
+        def reported(ack: queries.Ack | None) -> None:
             sending = executor.report(
                 finished.klass, job, ack or finished.ack, started, ack is not None
             )
             if sending is not None:
                 executor.soon(sending)
 
-        self._acker.submit(finished.ack, finished.refused).add_done_callback(reported)
+        self._acker.submit(finished.ack, finished.refused, reported)
 
 
-def _announce_discarded(written: asyncio.Future[queries.Ack | None], job_id: int) -> None:
-    if not written.cancelled() and written.result() is not None:
+def _announce_discarded(written: queries.Ack | None, job_id: int) -> None:
+    if written is not None:
         executor.soon(executor.announce(signals.job_discarded, [job_id]))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -156,9 +155,11 @@ class Inserter:
     async def _reserve_ids(self, conn: psycopg.AsyncConnection, rows: list[_Insert]) -> None:
         # The id is the insert's idempotency key: given once, kept across tries.
         # Reserved a block at a time, so a relay rarely pays a round trip for it.
+        # Under a stream of relays the batches follow each other: twice the batch's
+        # need is reserved, so the next batch of its size needs no round trip of its own.
         missing = [entry for entry in rows if entry.row.id is None]
         if len(missing) > len(self._ids):
-            wanted = max(len(missing) - len(self._ids), _ID_BLOCK)
+            wanted = max(2 * len(missing) - len(self._ids), _ID_BLOCK)
             self._ids.extend(await queries.reserve_job_ids(conn, wanted))
         for entry in missing:
-            entry.row = dataclasses.replace(entry.row, id=self._ids.popleft())
+            entry.row.id = self._ids.popleft()

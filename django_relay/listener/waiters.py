@@ -201,6 +201,8 @@ class Registry:
                     outcome = found.get(job_id) or Outcome(job_id, None)
                     for waiter in list(self.waiters.get(job_id, ())):
                         waiter.offer(outcome)
+                        if not waiter.active:  # told, or given up: its caller need not say so
+                            self.remove(waiter)
         except Exception:
             logger.exception("reading job outcomes failed; the backup poll retries")
         finally:

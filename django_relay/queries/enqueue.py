@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from psycopg import AsyncConnection
@@ -172,9 +173,13 @@ def job_row(
     return Row(f"[{args},{meta},{rest[1:]}", unique_key, id)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewJob:
-    """A job row to insert, in :func:`job_row`'s order; args and meta already encoded."""
+    """A job row to insert, in :func:`job_row`'s order; args and meta already encoded.
+
+    Not frozen: relay()'s inserter sets ``id`` once it is reserved (a frozen
+    dataclass costs a ``replace()`` there, and a slower ``__init__``).
+    """
 
     args: str
     meta: str
@@ -197,10 +202,10 @@ class NewJob:
     id: int | None = None
 
     def row(self) -> Row:
-        return job_row(*(getattr(self, name) for name in _NEW_JOB_FIELDS))
+        return job_row(*_new_job_values(self))
 
 
-_NEW_JOB_FIELDS = tuple(NewJob.__dataclass_fields__)
+_new_job_values = attrgetter(*NewJob.__dataclass_fields__)
 
 
 def _documents(rows: Sequence[Row]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -90,6 +91,15 @@ class Command(BaseCommand):
             default=None,
             help="seconds running jobs get to finish on shutdown (default: RELAY['GRACE_PERIOD'])",
         )
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        # A process of its own (not call_command() inside another program): what it
+        # loaded to start (Django, the apps, the workers' modules) lives as long as
+        # it does, so keep it out of the garbage collector's sight. Otherwise every
+        # full collection, which the jobs' own objects set off, walks all of it.
+        gc.collect()
+        gc.freeze()
+        super().run_from_argv(argv)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["log_level"]:
