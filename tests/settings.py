@@ -86,6 +86,9 @@ if os.environ.get("RELAY_TEST_DB_NAME"):
 # Names each process's connections in pg_stat_activity (its listener's too), which tests
 # count; client ports would not tell them apart over the embedded server's Unix socket.
 _database["OPTIONS"].setdefault("application_name", f"relay-tests-{os.getpid()}")
+if os.environ.get("RELAY_TEST_CONN_MAX_AGE"):  # "none": persistent connections
+    _age = os.environ["RELAY_TEST_CONN_MAX_AGE"]
+    _database["CONN_MAX_AGE"] = None if _age == "none" else int(_age)
 DATABASES = {
     "default": _database,
     # channels-postgres (tested as a channel layer for the job-event feed) reads its

@@ -118,5 +118,109 @@ async def test_a_call_given_up_on_runs_on_as_overdue_until_it_returns():
         threads.shutdown()
 
 
+async def test_job_threads_run_calls_that_block_side_by_side():
+    # Each call blocks until all ten run at once: a pool that ran them one after
+    # another (or woke too few threads) would break the barrier.
+    threads = JobThreads(10, max_overdue=0)
+    barrier = threading.Barrier(10)
+    try:
+        results = await asyncio.gather(*(threads.run(barrier.wait, 20) for _ in range(10)))
+        assert sorted(results) == list(range(10))
+        # Again, with the threads now parked rather than new.
+        assert sorted(await asyncio.gather(*(threads.run(barrier.wait, 20) for _ in range(10))))
+    finally:
+        barrier.abort()
+        threads.shutdown()
+
+
+async def test_a_call_given_up_before_it_starts_never_runs():
+    threads = JobThreads(1, max_overdue=0)
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def hang() -> str:
+        started.set()
+        release.wait(30)
+        return "hung"
+
+    try:
+        first = asyncio.ensure_future(threads.run(hang))
+        await await_for(started.is_set)
+        waiting = asyncio.ensure_future(threads.run(ran.append, "given up"))
+        await asyncio.sleep(0)  # it is queued: the one thread is busy
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert threads.overdue_count == 0  # it held no thread
+        release.set()
+        assert await first == "hung"
+        assert await threads.run(ran.append, "next") is None
+        assert ran == ["next"]
+    finally:
+        release.set()
+        threads.shutdown()
+
+
+async def test_past_max_overdue_new_calls_wait_for_a_hung_one_to_return(caplog):
+    threads = JobThreads(1, max_overdue=1)
+    gates = [threading.Event(), threading.Event()]
+    started = [threading.Event(), threading.Event()]
+
+    def hang(n: int) -> None:
+        started[n].set()
+        gates[n].wait(30)
+
+    try:
+        for n in range(2):  # a slot and the one thread set aside: both hung
+            call = asyncio.ensure_future(threads.run(hang, n))
+            await await_for(started[n].is_set)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        assert threads.overdue_count == 2
+        assert "new sync jobs wait until one of them returns" in caplog.text
+        ran = threading.Event()
+        waiting = asyncio.ensure_future(threads.run(ran.set))
+        await asyncio.sleep(0.1)
+        assert not ran.is_set()  # no thread to run it
+        gates[0].set()
+        await waiting
+        assert ran.is_set()
+        await await_for(lambda: threads.overdue_count == 1)
+    finally:
+        for gate in gates:
+            gate.set()
+        threads.shutdown()
+
+
+async def test_shutdown_ends_idle_threads_and_fails_the_calls_still_waiting():
+    threads = JobThreads(1, max_overdue=0)
+    started, release = threading.Event(), threading.Event()
+
+    def hang() -> threading.Thread:
+        started.set()
+        release.wait(30)
+        return threading.current_thread()
+
+    try:
+        idle = await threads.run(threading.current_thread)
+        running = asyncio.ensure_future(threads.run(hang))
+        await await_for(started.is_set)
+        waiting = asyncio.ensure_future(threads.run(threading.current_thread))
+        await asyncio.sleep(0)
+        threads.shutdown()
+        with pytest.raises(RuntimeError, match="shut down"):
+            await waiting
+        with pytest.raises(RuntimeError, match="shut down"):
+            await threads.run(threading.current_thread)
+        release.set()
+        thread = await running  # a running call still ends, and hands its outcome back
+        assert thread is idle  # the pool's one thread
+        await await_for(lambda: not thread.is_alive())
+    finally:
+        release.set()
+        threads.shutdown()
+
+
 def _raise(exc: BaseException) -> None:
     raise exc

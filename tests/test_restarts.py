@@ -69,6 +69,25 @@ def test_async_jobs_reach_the_orm_again_after_a_database_restart(pg_server, runn
     assert [state for state, _, _ in outcomes] == ["completed"] * 5, outcomes
 
 
+def test_sync_jobs_reach_the_orm_again_after_a_database_restart(pg_server):  # noqa: F811
+    # Persistent connections, one job thread: the thread's connection outlives its
+    # jobs, dies with the server, and is closed after the job that finds it broken.
+    env = {**pg_server.env(), "RELAY_TEST_CONN_MAX_AGE": "none"}
+    runner = RunnerProcess(["--queues", "default=1"], env)
+    try:
+        runner.wait_for_line("ready", timeout=60)
+        worker = "tests.workers.SyncOrmRetryingWorker"
+        [(state, _, _)] = finished(pg_server, enqueue(pg_server, worker, 1))
+        assert state == "completed"
+        pg_server.restart()
+        job_ids = enqueue_when_up(pg_server, worker, 5)
+        outcomes = finished(pg_server, job_ids)
+        assert [state for state, _, _ in outcomes] == ["completed"] * 5, outcomes
+    finally:
+        runner.stop()
+        print(f"--- relayworker {runner.proc.pid} ---\n{runner.output}")
+
+
 def enqueue_when_up(server: Server, worker: str, count: int) -> list[int]:
     def attempt() -> list[int] | None:
         try:

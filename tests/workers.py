@@ -148,6 +148,14 @@ class NotAWorker:
 
 
 @worker(queue="default", max_attempts=3)
+class SyncOrmRetryingWorker(SyncOrmWorker):
+    """:class:`SyncOrmWorker`, retried at once when its attempt fails."""
+
+    def backoff(self, job: Any) -> float:
+        return 0.1
+
+
+@worker(queue="default", max_attempts=3)
 class AsyncOrmWorker:
     """An ``async def process`` that reads its own row through the ORM (asgiref's thread)."""
 

@@ -161,12 +161,19 @@ _orm_lock = threading.Lock()
 # Django connections opened outside the job threads: in a runner, asgiref's
 # thread-sensitive thread, where async jobs and await_signal reach the ORM.
 _orm_connections: weakref.WeakSet[BaseDatabaseWrapper] = weakref.WeakSet()
+# In each job thread, ``opened``: the Django connections opened in that thread.
+_job_thread = threading.local()
 
 
 def _track_connection(sender: object, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
-    # The main thread runs the event loop (its connection, if any, is from start-up).
     thread = threading.current_thread()
-    if thread is not threading.main_thread() and not thread.name.startswith(JOB_THREAD_PREFIX):
+    if thread.name.startswith(JOB_THREAD_PREFIX):
+        opened = getattr(_job_thread, "opened", None)
+        if opened is None:
+            opened = _job_thread.opened = weakref.WeakSet()
+        opened.add(connection)
+    # The main thread runs the event loop (its connection, if any, is from start-up).
+    elif thread is not threading.main_thread():
         with _orm_lock:
             _orm_connections.add(connection)
 
@@ -181,13 +188,24 @@ def _orm_connected() -> bool:
         return any(wrapper.connection is not None for wrapper in _orm_connections)
 
 
+def _thread_connected() -> bool:
+    # Only this thread adds to its set: no lock.
+    opened = getattr(_job_thread, "opened", None)
+    return opened is not None and any(wrapper.connection is not None for wrapper in opened)
+
+
 def _run_sync(process: Any, job: Job) -> Any:
-    # A thread of the pool is a long-lived "request" for Django's connection handling.
-    close_old_connections()
+    # A thread of the pool is a long-lived "request" for Django's connection
+    # handling: close_old_connections() around each job, as around a request. It
+    # only ever closes an open connection of this thread, so it is skipped when
+    # none is open: then it has nothing to do, and it costs more than a no-op job.
+    if _thread_connected():
+        close_old_connections()
     try:
         return process(job)
     finally:
-        close_old_connections()
+        if _thread_connected():
+            close_old_connections()
 
 
 async def _call(process: Any, job: Job, threads: JobThreads | None) -> Any:
