@@ -86,7 +86,7 @@ async def test_all_jobs_feed_streams_each_finished_attempt(start_runner, layer):
     connected, _ = await communicator.connect(timeout=WAIT_TIMEOUT)
     assert connected
     job = await EchoWorker.aenqueue({"value": 1})
-    assert await communicator.receive_json_from(timeout=10) == {
+    assert await communicator.receive_json_from(timeout=WAIT_TIMEOUT) == {
         "id": job.id,
         "state": "completed",
         "attempt": 1,
@@ -105,7 +105,7 @@ async def test_one_job_feed_only_sees_that_job(start_runner, layer):
 
     # Make both due now; only "mine" is reported to this socket.
     await sync_to_async(Job.objects.filter(id__in=[other.id, job.id]).update)(state="available")
-    assert await communicator.receive_json_from(timeout=10) == {
+    assert await communicator.receive_json_from(timeout=WAIT_TIMEOUT) == {
         "id": job.id,
         "state": "completed",
         "attempt": 1,
