@@ -33,7 +33,7 @@ class JobEventsConsumer(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
         if not await self.has_permission(self.job_id):
             await self.close(code=4403)
             return
-        if not events.ensure_publishing():
+        if not await events.ensure_publishing():
             await self.close(code=4503)
             return
         self.group = events.ALL_JOBS_GROUP if self.job_id is None else events.job_group(self.job_id)

@@ -94,6 +94,20 @@ async def test_all_jobs_feed_streams_each_finished_attempt(start_runner, layer):
     await communicator.disconnect()
 
 
+async def test_an_open_feed_already_listens_for_events(layer):
+    # A fresh listener, so this socket is the first to ask it for the events channel.
+    from django_relay.listener.notifier import get_notifier, stop_notifier
+    from django_relay.queries import EVENTS_CHANNEL
+
+    await asyncio.to_thread(stop_notifier)
+    communicator = await connect("/ws/jobs/")
+    connected, _ = await communicator.connect(timeout=WAIT_TIMEOUT)
+    assert connected
+    # Open means LISTENing: a job that finishes right after the socket opened is reported.
+    assert get_notifier().live(EVENTS_CHANNEL).is_set()
+    await communicator.disconnect()
+
+
 async def test_one_job_feed_only_sees_that_job(start_runner, layer):
     start_runner()
     other = await EchoWorker.aenqueue({"value": "other"}, schedule_in=3600)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import weakref
 from concurrent.futures import Future
 from typing import Any
 
 from django_relay.conf import settings
-from django_relay.listener.notifier import get_notifier
+from django_relay.listener.notifier import Notifier, get_notifier
 from django_relay.queries import EVENTS_CHANNEL, finished_payload
 
 logger = logging.getLogger("django_relay")
@@ -39,17 +40,22 @@ def _layer() -> Any:
     return get_channel_layer(settings.CHANNEL_LAYER)
 
 
-_publishers: dict[int, _Publisher] = {}
+#: The publisher of each notifier (a notifier stopped and replaced gets its own: keyed
+#: by the object, never by its ``id()``, which a new object may reuse).
+_publishers: weakref.WeakKeyDictionary[Notifier, _Publisher] = weakref.WeakKeyDictionary()
 _publishing_lock = threading.Lock()
 
 
-def ensure_publishing() -> bool:
+async def ensure_publishing(timeout: float | None = None) -> bool:
     """Forward this process's job events to the channel layer (idempotent).
 
     Call it from the event loop that serves the consumers (the ASGI server's):
     each ``group_send`` runs on that loop, since channel layers are bound to the
-    loop they are used from. Returns False when events are off or no channel
-    layer is configured.
+    loop they are used from. Returns once the listener ``LISTEN`` s to the events
+    channel, so that a job finishing right after a socket opened is reported; or
+    after ``timeout`` seconds (default ``LISTENER_PING_TIMEOUT``) when it cannot yet
+    (database unreachable: events flow once it reconnects). Returns False when events
+    are off or no channel layer is configured.
     """
     layer = _layer()
     if not settings.PUBLISH_EVENTS or layer is None:
@@ -57,11 +63,15 @@ def ensure_publishing() -> bool:
     loop = asyncio.get_running_loop()
     notifier = get_notifier()
     with _publishing_lock:
-        publisher = _publishers.get(id(notifier))
+        publisher = _publishers.get(notifier)
         if publisher is None:
-            publisher = _publishers[id(notifier)] = _Publisher(layer, loop)
+            publisher = _publishers[notifier] = _Publisher(layer, loop)
             notifier.listen(EVENTS_CHANNEL, publisher)
         publisher.layer, publisher.loop = layer, loop
+    live = notifier.live(EVENTS_CHANNEL)
+    if not live.is_set():
+        wait = settings.LISTENER_PING_TIMEOUT if timeout is None else timeout
+        await asyncio.to_thread(live.wait, wait)
     return True
 
 
