@@ -168,8 +168,11 @@ def max_overlap(log: Path, key: str | None = None) -> int:
 def test_a_global_limit_holds_across_two_runners(start_runner, tmp_path: Path) -> None:
     queues.limit_queue("limited", global_limit=3)
     log = tmp_path / "log"
-    start_runner("limited=5")
-    start_runner("limited=5")
+    # 2 slots each: together they could run 4, so 3 at once is the global limit's
+    # doing, and reaching it takes both (one runner alone, free to take every job
+    # as its slots free up, sometimes did).
+    start_runner("limited=2")
+    start_runner("limited=2")
     for _ in range(24):
         LedgerWorker.enqueue({"log": str(log), "pause": 0.1})
     wait_for(lambda: states() == {JobState.COMPLETED: 24}, 60, message="all jobs done")
