@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("django_relay")
 
-_UNTRACED = contextlib.nullcontext()
-
 
 async def _wait(
     job_ids: list[int], *, timeout: float, poll_interval: float, with_retries: bool
@@ -234,8 +232,7 @@ async def relay_job(
     is awaited once the job is inserted (Django's ``task_enqueued`` for tasks).
     """
     # One span for the round trip: the job's send and process spans are its children.
-    # Untraced, no generator stays suspended across the wait (memory per relay).
-    with tracing.waiting(f"relay {job.queue}", job) if tracing.enabled() else _UNTRACED:
+    with tracing.waiting(f"relay {job.queue}", job):
         return await _relay_job(
             job,
             timeout=timeout,
@@ -259,8 +256,7 @@ async def _relay_job(
     called = asyncio.get_running_loop().time()
     deadline = called + timeout
     await _refuse_open_transaction("relay()")
-    # Writes the job's trace context into its meta (untraced, no generator to run).
-    with tracing.producing([job]) if tracing.enabled() else _UNTRACED:
+    with tracing.producing([job]):  # writes the job's trace context into its meta
         row = encode(job)
         registry = get_registry()
         await listening(registry, timeout)

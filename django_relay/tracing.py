@@ -53,16 +53,22 @@ def _attributes(job: Any, operation: str) -> dict[str, Any]:
     return attributes
 
 
-@contextlib.contextmanager
-def producing(jobs: Sequence[Any]) -> Iterator[None]:
+#: What producing() and waiting() give when tracing is off: no generator is made,
+#: nor kept suspended across a relay's wait (memory per waiter).
+_OFF = contextlib.nullcontext()
+
+
+def producing(jobs: Sequence[Any]) -> contextlib.AbstractContextManager[None]:
     """A PRODUCER span per job while they are encoded and inserted.
 
     Each span's context is written into its job's ``meta`` first, so it must
     wrap the encoding. A no-op when tracing is off.
     """
-    if not enabled():
-        yield
-        return
+    return _producing(jobs) if enabled() else _OFF
+
+
+@contextlib.contextmanager
+def _producing(jobs: Sequence[Any]) -> Iterator[None]:
     tracer = trace.get_tracer("django_relay")
     spans: list[Span] = []
     for job in jobs:
@@ -107,12 +113,13 @@ def finish(span: Span, state: str, error: str | None) -> None:
         span.set_status(Status(StatusCode.ERROR, message))
 
 
-@contextlib.contextmanager
-def waiting(name: str, job: Any) -> Iterator[None]:
+def waiting(name: str, job: Any) -> contextlib.AbstractContextManager[None]:
     """An INTERNAL span around a wait (a relay, a signal), current; no-op when off."""
-    if not enabled():
-        yield
-        return
+    return _waiting(name, job) if enabled() else _OFF
+
+
+@contextlib.contextmanager
+def _waiting(name: str, job: Any) -> Iterator[None]:
     with trace.get_tracer("django_relay").start_as_current_span(
         name, attributes=_attributes(job, "receive")
     ) as span:
